@@ -1,0 +1,12 @@
+"""inception_jax: the Inception family in JAX/Flax NNX.
+
+Build networks with ``create_model``; see ``list_models()`` for the architectures.
+"""
+
+# Importing an architecture module registers its table.
+from inception_jax import inception_v3  # noqa: F401
+from inception_jax.model import Inception, InceptionOutput
+from inception_jax.registry import create_model, get_arch, list_models
+
+__all__ = ['Inception', 'InceptionOutput', 'create_model', 'get_arch', 'list_models']
+__version__ = '0.1.0'

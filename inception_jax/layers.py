@@ -1,0 +1,361 @@
+"""Flax NNX modules that interpret the specs of ``specs.py``.
+
+Every number-changing detail is carried by ``Numerics`` and set per network, never
+hidden in a default: the padding rule of 'SAME' layers, ``count_include_pad`` of
+average pools, BatchNorm epsilon/momentum/scale, and conv bias.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from inception_jax import specs
+
+Array = jax.Array
+
+# He-normal for ReLU convs; the residual up-projection and classifiers use LeCun.
+_relu_init = nnx.initializers.variance_scaling(2.0, 'fan_in', 'truncated_normal')
+_linear_init = nnx.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
+
+
+@dataclasses.dataclass(frozen=True)
+class Numerics:
+  """How a network computes: the options that make ports numerically exact.
+
+  Attributes:
+    padding: 'tf' pads 'SAME' layers by the TF/XLA rule (extra pixel at the
+      bottom/right); 'symmetric' pads ``(k-1)//2`` on both sides and makes strided
+      'SAME' max pools PyTorch ``ceil_mode=True`` pools (torchvision GoogLeNet).
+    count_include_pad: average pools divide by the full window (PyTorch default,
+      torchvision/timm Inception-v3) instead of the valid part (TF, Keras, timm
+      v4/IR-v2).
+    batch_norm: conv -> BN -> ReLU (all released checkpoints) or conv+bias -> ReLU
+      (the 2014 GoogLeNet).
+    bn_eps: BatchNorm epsilon (1e-3 in every Inception checkpoint).
+    bn_momentum: decay of the running statistics (0.99 Keras, 0.9 PyTorch,
+      0.9997 TF-slim).
+    bn_scale: learn a BN scale (gamma); TF-slim and Keras checkpoints have none.
+    conv_bias: bias on BN convs; None means bias exactly when there is no BN.
+    dtype: compute dtype (inputs are cast once at the stem).
+    param_dtype: parameter storage dtype.
+  """
+  padding: str = 'tf'
+  count_include_pad: bool = False
+  batch_norm: bool = True
+  bn_eps: float = 1e-3
+  bn_momentum: float = 0.99
+  bn_scale: bool = True
+  conv_bias: bool | None = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+
+def _pair(v):
+  return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def window_pads(size: int, kernel: int, stride: int, padding: str, style: str,
+                ceil_pool: bool = False) -> tuple[int, int]:
+  """(low, high) padding of one spatial axis; see ``specs.window_out_size``."""
+  if padding == 'VALID':
+    return (0, 0)
+  if style == 'tf':
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return (total // 2, total - total // 2)
+  if ceil_pool and stride > 1:
+    out = math.ceil((size - kernel) / stride) + 1
+    return (0, max((out - 1) * stride + kernel - size, 0))
+  p = (kernel - 1) // 2
+  return (p, p)
+
+
+class ConvBN(nnx.Module):
+  """Conv -> BatchNorm -> ReLU, or any part of it, as the spec and Numerics say.
+
+  Attributes ``conv`` and ``bn`` follow torchvision/timm ``BasicConv2d`` and the
+  TF-slim ``weights`` / ``BatchNorm`` pair.
+  """
+
+  def __init__(self, spec: specs.Conv, in_channels: int, num: Numerics, *,
+               rngs: nnx.Rngs):
+    use_bn = num.batch_norm if spec.batch_norm is None else spec.batch_norm
+    if spec.bias is not None:
+      use_bias = spec.bias
+    elif num.conv_bias is not None:
+      use_bias = num.conv_bias
+    else:
+      use_bias = not use_bn
+    self.kernel_size = _pair(spec.kernel)
+    self.stride = spec.stride
+    self.padding = spec.padding
+    self.style = num.padding
+    self.activation = spec.activation
+    init = _relu_init if spec.activation else _linear_init
+    if isinstance(spec, specs.SeparableConv):
+      mid = in_channels * spec.depth_multiplier
+      self.depthwise = nnx.Conv(
+          in_channels, mid, self.kernel_size, strides=spec.stride, padding='VALID',
+          feature_group_count=in_channels, use_bias=False, dtype=num.dtype,
+          param_dtype=num.param_dtype, kernel_init=init, rngs=rngs)
+      self.conv = nnx.Conv(mid, spec.filters, 1, padding='VALID', use_bias=use_bias,
+                           dtype=num.dtype, param_dtype=num.param_dtype,
+                           kernel_init=init, rngs=rngs)
+    else:
+      self.depthwise = None
+      self.conv = nnx.Conv(
+          in_channels, spec.filters, self.kernel_size, strides=spec.stride,
+          padding='VALID', use_bias=use_bias, dtype=num.dtype,
+          param_dtype=num.param_dtype, kernel_init=init, rngs=rngs)
+    self.bn = nnx.BatchNorm(
+        spec.filters, use_running_average=True, momentum=num.bn_momentum,
+        epsilon=num.bn_eps, use_scale=num.bn_scale, dtype=num.dtype,
+        param_dtype=num.param_dtype, rngs=rngs) if use_bn else None
+
+  def _pad(self, x: Array) -> Array:
+    (kh, kw), s = self.kernel_size, self.stride
+    ph = window_pads(x.shape[1], kh, s, self.padding, self.style)
+    pw = window_pads(x.shape[2], kw, s, self.padding, self.style)
+    if ph == (0, 0) and pw == (0, 0):
+      return x
+    return jnp.pad(x, ((0, 0), ph, pw, (0, 0)))
+
+  def __call__(self, x: Array) -> Array:
+    x = self._pad(x)
+    if self.depthwise is not None:
+      x = self.depthwise(x)
+    x = self.conv(x)
+    if self.bn is not None:
+      x = self.bn(x)
+    return jax.nn.relu(x) if self.activation else x
+
+
+class Pool(nnx.Module):
+  """Max or average pooling with explicit padding and ``count_include_pad``."""
+
+  def __init__(self, spec: specs.Pool, num: Numerics):
+    self.kind = spec.kind
+    self.kernel = spec.kernel
+    self.stride = spec.stride
+    self.padding = spec.padding
+    self.style = num.padding
+    self.count_include_pad = num.count_include_pad
+
+  def __call__(self, x: Array) -> Array:
+    k, s = self.kernel, self.stride
+    pads = tuple(window_pads(n, k, s, self.padding, self.style,
+                             ceil_pool=self.kind == 'max') for n in x.shape[1:3])
+    if self.kind == 'max':
+      return nnx.max_pool(x, (k, k), (s, s), pads)
+    return nnx.avg_pool(x, (k, k), (s, s), pads,
+                        count_include_pad=self.count_include_pad)
+
+
+class LocalResponseNorm(nnx.Module):
+  """Cross-channel LRN (Krizhevsky et al. 2012; GoogLeNet Figure 3)."""
+
+  def __init__(self, spec: specs.LRN):
+    self.size, self.alpha, self.beta, self.k = spec.size, spec.alpha, spec.beta, spec.k
+
+  def __call__(self, x: Array) -> Array:
+    sq = jnp.square(x.astype(jnp.float32))
+    lo, hi = self.size // 2, (self.size - 1) // 2
+    window = jax.lax.reduce_window(sq, 0.0, jax.lax.add, (1, 1, 1, self.size),
+                                   (1, 1, 1, 1), ((0, 0), (0, 0), (0, 0), (lo, hi)))
+    div = (self.k + self.alpha / self.size * window) ** self.beta
+    return (x / div).astype(x.dtype)
+
+
+class Branch(nnx.Module):
+  """One ``Branch_i`` of an Inception module: its ops in order.
+
+  A ``Fork`` inside a branch puts its convs beside the others (TF-slim scopes them
+  as siblings, e.g. ``Branch_1/Conv2d_0b_1x3`` and ``Branch_1/Conv2d_0b_3x1``).
+  """
+
+  def __init__(self, ops: tuple[specs.BranchOp, ...], in_channels: int,
+               num: Numerics, *, rngs: nnx.Rngs):
+    plan = []
+    c = in_channels
+    for op in ops:
+      if isinstance(op, specs.Fork):
+        for sub in op.ops:
+          setattr(self, sub.name, ConvBN(sub, c, num, rngs=rngs))
+        plan.append(tuple(sub.name for sub in op.ops))
+      else:
+        setattr(self, op.name, build_layer(op, c, num, rngs=rngs))
+        plan.append(op.name)
+      c = op.out_channels(c)
+    self.plan = tuple(plan)
+
+  def __call__(self, x: Array) -> Array:
+    for step in self.plan:
+      if isinstance(step, tuple):
+        x = jnp.concatenate([getattr(self, n)(x) for n in step], axis=-1)
+      else:
+        x = getattr(self, step)(x)
+    return x
+
+
+class Mixed(nnx.Module):
+  """Inception module: ``concat([Branch_0(x), ..., Branch_n(x)], channels)``."""
+
+  def __init__(self, spec: specs.Mixed, in_channels: int, num: Numerics, *,
+               rngs: nnx.Rngs):
+    self.num_branches = len(spec.branches)
+    for i, ops in enumerate(spec.branches):
+      setattr(self, f'Branch_{i}', Branch(ops, in_channels, num, rngs=rngs))
+
+  def __call__(self, x: Array) -> Array:
+    return jnp.concatenate(
+        [getattr(self, f'Branch_{i}')(x) for i in range(self.num_branches)], axis=-1)
+
+
+class Residual(Mixed):
+  """Inception-ResNet block: ``relu(x + scale * up(concat(branches)))``."""
+
+  def __init__(self, spec: specs.Residual, in_channels: int, num: Numerics, *,
+               rngs: nnx.Rngs):
+    super().__init__(spec, in_channels, num, rngs=rngs)
+    mid = specs.Mixed(spec.name, spec.branches).out_channels(in_channels)
+    self.up_name = spec.up_name
+    setattr(self, spec.up_name, ConvBN(spec.up_conv(in_channels), mid, num, rngs=rngs))
+    self.scale = spec.scale
+    self.activation = spec.activation
+
+  def __call__(self, x: Array) -> Array:
+    up = getattr(self, self.up_name)(super().__call__(x))
+    x = x + self.scale * up
+    return jax.nn.relu(x) if self.activation else x
+
+
+class Repeat(nnx.Module):
+  """``count`` identical residual blocks, parameters stacked on a leading axis.
+
+  The blocks are applied with ``nnx.scan``, so the block is traced and compiled
+  once instead of ``count`` times.
+  """
+
+  def __init__(self, spec: specs.Repeat, in_channels: int, num: Numerics, *,
+               rngs: nnx.Rngs):
+    self.block_name = spec.block.name
+    self.count = spec.count
+
+    @nnx.split_rngs(splits=spec.count)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def make(rngs):
+      return Residual(spec.block, in_channels, num, rngs=rngs)
+
+    setattr(self, spec.block.name, make(rngs))
+
+  def __call__(self, x: Array) -> Array:
+    @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+    def step(h, block):
+      return block(h)
+
+    return step(x, getattr(self, self.block_name))
+
+
+def build_layer(spec, in_channels: int, num: Numerics, *, rngs: nnx.Rngs) -> nnx.Module:
+  """The module for one spec entry."""
+  if isinstance(spec, specs.Conv):
+    return ConvBN(spec, in_channels, num, rngs=rngs)
+  if isinstance(spec, specs.Pool):
+    return Pool(spec, num)
+  if isinstance(spec, specs.LRN):
+    return LocalResponseNorm(spec)
+  if isinstance(spec, specs.Repeat):
+    return Repeat(spec, in_channels, num, rngs=rngs)
+  if isinstance(spec, specs.Residual):
+    return Residual(spec, in_channels, num, rngs=rngs)
+  if isinstance(spec, specs.Mixed):
+    return Mixed(spec, in_channels, num, rngs=rngs)
+  raise TypeError(f'no module for spec {spec!r}')
+
+
+def global_pool(x: Array, kind: str) -> Array:
+  """Global average or max pooling over H and W (in float32 for the mean)."""
+  if kind == 'avg':
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(x.dtype)
+  if kind == 'max':
+    return jnp.max(x, axis=(1, 2))
+  raise ValueError(f"pooling must be 'avg' or 'max', got {kind!r}")
+
+
+def adaptive_avg_pool(x: Array, out: int) -> Array:
+  """PyTorch ``adaptive_avg_pool2d(x, (out, out))`` for NHWC inputs."""
+  h, w = x.shape[1:3]
+  if (h, w) == (out, out):
+    return x
+
+  def bins(n):
+    return [(i * n // out, -(-(i + 1) * n // out)) for i in range(out)]
+
+  rows = [jnp.mean(x[:, a:b], axis=1, keepdims=True) for a, b in bins(h)]
+  x = jnp.concatenate(rows, axis=1)
+  cols = [jnp.mean(x[:, :, a:b], axis=2, keepdims=True) for a, b in bins(w)]
+  return jnp.concatenate(cols, axis=2)
+
+
+class GoogLeNetAux(nnx.Module):
+  """GoogLeNet auxiliary classifier (paper Section 5; torchvision ``InceptionAux``).
+
+  Paper: 5x5/3 average pool (14x14 -> 4x4), 1x1 conv 128 + ReLU, FC 1024 + ReLU,
+  dropout 0.7, linear. torchvision replaces the pool with an adaptive 4x4 average.
+  After the conv the map is averaged to 4x4 (the identity at the paper's 224
+  input) so that the FC width does not depend on the input size.
+  """
+
+  def __init__(self, spec: specs.AuxHead, in_channels: int, num_classes: int,
+               num: Numerics, *, rngs: nnx.Rngs):
+    self.pool = spec.pool
+    self.conv = ConvBN(specs.Conv('conv', 128, 1), in_channels, num, rngs=rngs)
+    lin = dict(dtype=num.dtype, param_dtype=num.param_dtype, kernel_init=_linear_init,
+               rngs=rngs)
+    self.fc1 = nnx.Linear(4 * 4 * 128, 1024, **lin)
+    self.dropout = nnx.Dropout(0.7, rngs=rngs)
+    self.fc2 = nnx.Linear(1024, num_classes, **lin)
+
+  def __call__(self, x: Array) -> Array:
+    if self.pool == 'adaptive4':
+      x = adaptive_avg_pool(x, 4)
+    else:
+      x = nnx.avg_pool(x, (5, 5), (3, 3), 'VALID')
+    x = adaptive_avg_pool(self.conv(x), 4)
+    x = x.reshape(x.shape[0], -1)
+    x = self.dropout(jax.nn.relu(self.fc1(x)))
+    return self.fc2(x)
+
+
+class SlimAux(nnx.Module):
+  """The BN auxiliary head of v3 (paper Figure 8, "BN-auxiliary"), v4 and IR-v2.
+
+  TF-slim ``AuxLogits``: 5x5/3 VALID average pool, ``Conv2d_1b_1x1`` (128),
+  ``Conv2d_2a_5x5`` (768, VALID), then the classifier. The map after the 5x5 conv
+  is 1x1 at 299 input; it is averaged (as torchvision does) so larger inputs work.
+  """
+
+  def __init__(self, spec: specs.AuxHead, in_channels: int, num_classes: int,
+               num: Numerics, *, rngs: nnx.Rngs):
+    del spec
+    self.Conv2d_1b_1x1 = ConvBN(specs.Conv('Conv2d_1b_1x1', 128, 1), in_channels, num,
+                                rngs=rngs)
+    self.Conv2d_2a_5x5 = ConvBN(specs.Conv('Conv2d_2a_5x5', 768, 5, padding='VALID'),
+                                128, num, rngs=rngs)
+    self.Logits = nnx.Linear(768, num_classes, dtype=num.dtype,
+                             param_dtype=num.param_dtype, kernel_init=_linear_init,
+                             rngs=rngs)
+
+  def __call__(self, x: Array) -> Array:
+    x = nnx.avg_pool(x, (5, 5), (3, 3), 'VALID')
+    x = self.Conv2d_2a_5x5(self.Conv2d_1b_1x1(x))
+    return self.Logits(global_pool(x, 'avg'))
+
+
+AUX_HEADS = {'googlenet': GoogLeNetAux, 'slim': SlimAux}

@@ -1,0 +1,184 @@
+"""``Inception``: one NNX module that runs any architecture table of the family."""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax import struct
+
+from inception_jax import layers
+from inception_jax import specs
+
+Array = jax.Array
+
+# Defaults for every architecture; an ArchSpec's ``defaults`` override them.
+BASE_DEFAULTS = dict(
+    dropout_rate=0.2,  # TF-slim dropout_keep_prob=0.8
+    aux_logits=False,
+    padding='tf',
+    count_include_pad=False,
+    batch_norm=True,
+    bn_eps=1e-3,
+    bn_momentum=0.99,
+    bn_scale=True,
+    conv_bias=None,
+)
+
+OPTIONS = ('num_classes', 'include_top', 'pooling', 'dtype', 'param_dtype',
+           'in_channels') + tuple(BASE_DEFAULTS)
+
+
+@struct.dataclass
+class InceptionOutput:
+  """What a network with auxiliary heads returns in train mode.
+
+  Attributes:
+    logits: main classifier logits ``[B, num_classes]``.
+    aux_logits: auxiliary logits by head name (``AuxLogits``; GoogLeNet
+      ``aux1`` on Mixed_4b and ``aux2`` on Mixed_4e), each ``[B, num_classes]``.
+  """
+  logits: Array
+  aux_logits: dict[str, Array]
+
+
+class Inception(nnx.Module):
+  """An Inception network built from an ``ArchSpec`` table.
+
+  Build it with ``inception_jax.create_model(name, ...)``. It is created in eval
+  mode (running BN statistics, no dropout); call ``model.train()`` to train.
+
+  * ``model(x)``: ``x`` is float ``[B, H, W, in_channels]`` (NHWC). Returns logits
+    ``[B, num_classes]`` (float32); pooled features ``[B, C]`` when
+    ``include_top=False`` and ``pooling`` is set; the last feature map when both are
+    off. In train mode with ``aux_logits=True`` it returns an ``InceptionOutput``.
+  * ``model.features(x)``: ordered dict of every endpoint, named by the
+    checkpoint scopes (``Conv2d_1a_3x3`` ... ``Mixed_7c``); the last is the final
+    feature map before pooling.
+  """
+
+  def __init__(self, spec: specs.ArchSpec, *, rngs: nnx.Rngs, num_classes: int = 1000,
+               include_top: bool = True, pooling: str | None = 'avg',
+               dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
+               in_channels: int = 3, **options):
+    unknown = sorted(set(options) - set(BASE_DEFAULTS))
+    if unknown:
+      raise TypeError(f'{spec.name}: unknown option(s) {unknown}; valid options are '
+                      f'{sorted(OPTIONS)}')
+    opts = {**BASE_DEFAULTS, **spec.defaults}
+    opts.update({k: v for k, v in options.items() if v is not None})
+    if pooling not in ('avg', 'max', None):
+      raise ValueError(f"pooling must be 'avg', 'max' or None, got {pooling!r}")
+    if include_top and pooling is None:
+      raise ValueError("include_top=True needs pooling='avg' or 'max' (pooling=None "
+                       'only returns the feature map, with include_top=False)')
+    if include_top and (not isinstance(num_classes, int) or num_classes < 1):
+      raise ValueError(f'num_classes must be a positive int, got {num_classes!r}')
+    if opts['padding'] not in ('tf', 'symmetric'):
+      raise ValueError(f"padding must be 'tf' or 'symmetric', got {opts['padding']!r}")
+    if not 0.0 <= opts['dropout_rate'] < 1.0:
+      raise ValueError(f"dropout_rate must be in [0, 1), got {opts['dropout_rate']}")
+    if opts['aux_logits'] and not spec.aux_heads:
+      raise ValueError(f'{spec.name} has no auxiliary classifier; drop aux_logits=True')
+    if opts['aux_logits'] and not include_top:
+      raise ValueError('aux_logits=True needs include_top=True')
+
+    self.arch = spec.name
+    self.default_size = spec.default_size
+    self.num_classes = num_classes if include_top else None
+    self.include_top = include_top
+    self.pooling = pooling
+    self.in_channels = in_channels
+    self.dtype = dtype
+    self.deterministic = True  # flipped by model.train() / model.eval()
+    num = layers.Numerics(
+        padding=opts['padding'], count_include_pad=opts['count_include_pad'],
+        batch_norm=opts['batch_norm'], bn_eps=opts['bn_eps'],
+        bn_momentum=opts['bn_momentum'], bn_scale=opts['bn_scale'],
+        conv_bias=opts['conv_bias'], dtype=dtype, param_dtype=param_dtype)
+    self.numerics = num
+    self.options = tuple(sorted(opts.items()))  # static (hashable) record
+    self.min_input_size = spec.min_input_size(num.padding)
+    self.min_input_size_aux = (spec.min_input_size(num.padding, aux=True)
+                               if opts['aux_logits'] else self.min_input_size)
+
+    channels = spec.channels(in_channels)
+    c = in_channels
+    for layer in spec.layers:
+      setattr(self, layer.name, layers.build_layer(layer, c, num, rngs=rngs))
+      c = channels[layer.name]
+    self.layer_names = tuple(layer.name for layer in spec.layers)
+    self.num_features = c
+
+    self.aux_names = ()
+    if opts['aux_logits']:
+      for head in spec.aux_heads:
+        setattr(self, head.name, layers.AUX_HEADS[head.kind](
+            head, channels[head.endpoint], num_classes, num, rngs=rngs))
+      self.aux_names = tuple((h.name, h.endpoint) for h in spec.aux_heads)
+    if include_top:
+      self.dropout = nnx.Dropout(opts['dropout_rate'], rngs=rngs)
+      self.Logits = nnx.Linear(c, num_classes, dtype=dtype, param_dtype=param_dtype,
+                               kernel_init=layers._linear_init, rngs=rngs)
+    else:
+      self.dropout = None
+      self.Logits = None
+    self.eval()
+
+  def _check_input(self, x: Array) -> None:
+    if x.ndim != 4:
+      raise ValueError(f'{self.arch} expects NHWC images [B, H, W, {self.in_channels}], '
+                       f'got an array of shape {tuple(x.shape)}')
+    if x.shape[-1] != self.in_channels:
+      hint = (' (NCHW input? transpose to NHWC with x.transpose(0, 2, 3, 1))'
+              if x.shape[1] == self.in_channels else '')
+      raise ValueError(f'{self.arch} expects {self.in_channels} channels in the last '
+                       f'axis, got shape {tuple(x.shape)}{hint}')
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      raise TypeError(f'{self.arch} expects float images (e.g. scaled to [-1, 1]), got '
+                      f'{x.dtype}; convert with the preprocessing of the weights '
+                      '(inception_jax.preprocessing)')
+    need = self.min_input_size if self.deterministic else self.min_input_size_aux
+    h, w = x.shape[1:3]
+    if h < need or w < need:
+      what = ('with aux_logits=True in train mode'
+              if need != self.min_input_size else '')
+      raise ValueError(f'{self.arch} {what} needs inputs of at least {need}x{need}, got '
+                       f'{h}x{w}; resize images to at least {need} (default '
+                       f'{self.default_size})'.replace('  ', ' '))
+
+  def features(self, x: Array) -> dict[str, Array]:
+    """Every endpoint, in order, named by the checkpoint scope names.
+
+    Args:
+      x: float images ``[B, H, W, C]``.
+
+    Returns:
+      ``OrderedDict`` name -> activation; the last entry is the final feature map.
+    """
+    self._check_input(x)
+    x = x.astype(self.dtype)
+    out = collections.OrderedDict()
+    for name in self.layer_names:
+      x = getattr(self, name)(x)
+      out[name] = x
+    return out
+
+  def __call__(self, x: Array) -> Array | InceptionOutput:
+    """Logits (or features, see the class docstring) of a batch of NHWC images."""
+    endpoints = self.features(x)
+    x = endpoints[self.layer_names[-1]]
+    if self.pooling is None:
+      return x
+    x = layers.global_pool(x, self.pooling)
+    if not self.include_top:
+      return x
+    logits = self.Logits(self.dropout(x)).astype(jnp.float32)
+    if self.deterministic or not self.aux_names:
+      return logits
+    aux = {name: getattr(self, name)(endpoints[ep]).astype(jnp.float32)
+           for name, ep in self.aux_names}
+    return InceptionOutput(logits=logits, aux_logits=aux)
