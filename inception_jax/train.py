@@ -510,7 +510,7 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: TrainConfig,
     # Frozen leaves get exact zeros, so their weight gradients are dead code.
     grads = jax.tree.map(lambda g, lab: jnp.zeros_like(g) if lab == 'frozen' else g,
                          grads, labels_)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new = state.replace(step=state.step + 1, params=params, batch_stats=new_bs,
