@@ -461,9 +461,10 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: TrainConfig,
   global batch (``B`` divisible by ``mesh.size``), host arrays or the output of
   ``shard_batch``. The input ``state`` is donated. Loss: label-smoothed softmax
   cross-entropy of ``Logits`` plus ``aux_loss_weight`` times the sum of the aux
-  heads' cross-entropies. A non-finite loss or gradient leaves the state
-  unchanged (except nothing: the returned state equals the input) and reports
-  ``finite=False``.
+  heads' cross-entropies. When the loss or the gradient norm is not finite the
+  returned state equals the input state (nothing is updated, not even the step
+  counter or BN statistics) and ``finite`` is False, so the caller can stop with
+  the last good state in hand.
 
   Metrics (replicated scalars): ``loss``, ``ce_loss`` (main head), ``aux_loss``
   (sum over aux heads, unweighted), ``accuracy`` (main head, top-1), ``grad_norm``
