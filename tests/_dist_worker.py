@@ -15,8 +15,8 @@ NUM_CLASSES = 5
 
 
 def tiny_spec():
-  """A 3-layer Inception table (stem conv, a Mixed block, a reduction) + slim aux head."""
-  from inception_jax.specs import ArchSpec, AuxHead, Conv, Mixed, Pool
+  """Stem conv, a Mixed block, a reduction, 2 stacked residual blocks (nnx.scan), aux head."""
+  from inception_jax.specs import ArchSpec, AuxHead, Conv, Mixed, Pool, Repeat, Residual
   return ArchSpec(
       name='tiny', default_size=TINY_SIZE, defaults=dict(dropout_rate=0.2),
       layers=(
@@ -29,6 +29,10 @@ def tiny_spec():
               (Conv('Conv2d_1a_3x3', 8, 3, stride=2, padding='VALID'),),
               (Pool('MaxPool_1a_3x3', 'max', 3, 2, 'VALID'),),
           )),
+          Repeat('Repeat', Residual('block8', (  # 8x8x16, Inception-ResNet style
+              (Conv('Conv2d_0a_1x1', 4, 1),),
+              (Conv('Conv2d_0a_1x1', 4, 1), Conv('Conv2d_0b_3x3', 4, 3)),
+          ), scale=0.2), count=2),
       ),
       aux_heads=(AuxHead('AuxLogits', 'Mixed_5b', 'slim'),))
 
@@ -37,6 +41,7 @@ def tiny_model(seed=0, **options):
   from flax import nnx
   from inception_jax.model import Inception
   options.setdefault('aux_logits', True)
+  options.setdefault('bn_momentum', 0.9)  # running stats settle within the tests' ~20 steps
   return Inception(tiny_spec(), rngs=nnx.Rngs(seed), num_classes=NUM_CLASSES, **options)
 
 

@@ -27,7 +27,7 @@ from inception_jax import train
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-ADAM = train.TrainConfig(optimizer='adam', learning_rate=3e-3, schedule='constant',
+ADAM = train.TrainConfig(optimizer='adam', learning_rate=1e-2, schedule='constant',
                          label_smoothing=0.1)
 
 
@@ -131,10 +131,10 @@ def run20(tmp_path_factory):
 
 def test_loss_goes_down(run20):
   losses = run20['losses']
-  assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
-  (loss0, top1_0), (loss1, top1_1) = run20['before'], run20['after']
-  assert loss1 < 0.7 * loss0
-  assert top1_1 > top1_0 and top1_1 >= 0.6
+  assert np.mean(losses[-5:]) < 0.75 * np.mean(losses[:5]), losses
+  (loss0, top1_0), (loss1, top1_1) = run20['before'], run20['after']  # eval mode
+  assert loss1 < 0.5 * loss0, (loss0, loss1)
+  assert top1_1 > top1_0 and top1_1 >= 0.8, (top1_0, top1_1)
 
 
 def test_resume_reproduces_losses(run20):
@@ -233,9 +233,10 @@ def _top(key):
 
 @pytest.mark.parametrize('cfg, frozen_tops, bn_frozen', [
     (train.TrainConfig(learning_rate=0.01, freeze='backbone'),
-     {'Conv2d_1a_3x3', 'Mixed_5b', 'Mixed_6a'}, False),
+     {'Conv2d_1a_3x3', 'Mixed_5b', 'Mixed_6a', 'Repeat'}, False),
     (train.TrainConfig(learning_rate=0.01, backbone_lr_mult=0.0, freeze_bn=True,
-                       weight_decay=0.1), {'Conv2d_1a_3x3', 'Mixed_5b', 'Mixed_6a'}, True),
+                       weight_decay=0.1), {'Conv2d_1a_3x3', 'Mixed_5b', 'Mixed_6a', 'Repeat'},
+     True),
     (train.TrainConfig(optimizer='sgd', learning_rate=0.1, freeze='Mixed_5b'),
      {'Conv2d_1a_3x3', 'Mixed_5b'}, False),
 ], ids=['backbone', 'lr_mult0_freeze_bn', 'endpoint'])
@@ -351,6 +352,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_run_equals_one_process(tmp_path):
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
              JAX_PLATFORMS='cpu', PYTHONPATH=os.pathsep.join([ROOT, HERE]))
