@@ -104,7 +104,9 @@ class CheckpointManager:
         best_fn=metric_fn, best_mode=best_mode, preservation_policy=policy,
         enable_async_checkpointing=False, create=True)
     self._manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=('state', 'metadata'))
+        self.directory, options=options,
+        item_handlers=dict(state=ocp.StandardCheckpointHandler(),
+                           metadata=ocp.JsonCheckpointHandler()))
 
   def save(self, step: int, state: train_lib.TrainState, metadata: dict,
            metrics: dict | None = None) -> None:
@@ -183,6 +185,7 @@ class CheckpointManager:
                                            sharding=_key_data_sharding(sharding))
       else:
         abstract[k] = jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+    self._check_matches(step, abstract)
     try:
       out = self._manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract), metadata=ocp.args.JsonRestore()))
@@ -198,6 +201,26 @@ class CheckpointManager:
         v = jax.random.wrap_key_data(v, impl=_key_impl(x))
       restored.append(v)
     return jax.tree_util.tree_unflatten(treedef, restored), dict(out['metadata'])
+
+  def _check_matches(self, step: int, abstract: dict) -> None:
+    stored = self._manager.item_metadata(step)['state']
+    if stored is None:  # metadata unreadable: leave the check to orbax
+      return
+    stored = {k: tuple(v.shape) for k, v in stored.items()}
+    want = {k: tuple(v.shape) for k, v in abstract.items()}
+    order = lambda k: (not k.startswith('params.'), k)  # parameters first
+    missing = sorted(set(want) - set(stored), key=order)
+    unexpected = sorted(set(stored) - set(want), key=order)
+    shapes = [f'{k}: stored {stored[k]}, target {want[k]}'
+              for k in sorted(set(want) & set(stored), key=order) if stored[k] != want[k]]
+    if missing or unexpected or shapes:
+      def head(xs):
+        return ', '.join(xs[:5]) + (f' ... ({len(xs)} in all)' if len(xs) > 5 else '')
+      raise ValueError(
+          f'checkpoint {step} in {self.directory} does not match the target state '
+          '(a different architecture, num_classes, aux_logits or optimizer config?). '
+          f'Missing from the checkpoint: [{head(missing)}]; not in the target: '
+          f'[{head(unexpected)}]; shape mismatches: [{head(shapes)}]')
 
   def close(self) -> None:
     """Waits for pending work and releases the manager."""

@@ -218,6 +218,11 @@ def test_checkpoint_keeps_latest_and_best(tmp_path):
   assert again.latest_step() == 5 and again.best_step() == 2
   with pytest.raises(FileNotFoundError, match='available'):
     again.restore(3, state)
+  _, no_aux = train.create_train_state(tiny.tiny_model(aux_logits=False), cfg,
+                                       train.make_mesh(8))
+  with pytest.raises(ValueError, match=r'does not match.*not in the target: '
+                                       r'\[params\.AuxLogits'):
+    again.restore(5, no_aux)
 
 
 # ----------------------------------------------------------------- freezing, BN
