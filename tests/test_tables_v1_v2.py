@@ -221,6 +221,17 @@ def test_googlenet_aux_heads_section5(v1):
   assert getattr(v1, 'aux1').dropout.rate == 0.7
 
 
+def test_googlenet_aux_default_and_headless(v1):
+  """aux_logits defaults to True; a headless GoogLeNet simply has no aux heads."""
+  assert v1.aux_names == (('aux1', 'Mixed_4b'), ('aux2', 'Mixed_4e'))
+  # 5x5/3 VALID pool on Mixed_4e (4 stride-2 layers) needs 5x5 there: 65 at input.
+  assert (v1.min_input_size, v1.min_input_size_aux) == (1, 65)
+  headless = _abstract('inception_v1', include_top=False)
+  assert headless.aux_names == () and not hasattr(headless, 'aux1')
+  with pytest.raises(ValueError, match='aux_logits=True needs include_top=True'):
+    _abstract('inception_v1', include_top=False, aux_logits=True)
+
+
 # ---------------------------------------------------- BN GoogLeNet (slim / torchvision)
 
 
