@@ -45,6 +45,7 @@ from flax import nnx
 from flax import struct
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from inception_jax import layers
 from inception_jax.model import InceptionOutput
 
 Array = jax.Array
@@ -52,9 +53,9 @@ Array = jax.Array
 OPTIMIZERS = ('adam', 'sgd', 'rmsprop')
 SCHEDULES = ('constant', 'cosine', 'exponential')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-# Auxiliary loss weights: GoogLeNet Section 6 adds each of its two aux losses
-# "with a discount weight (0.3)"; TF-slim train scripts weight the v3/v4/IR-v2
-# AuxLogits loss by 0.4.
+# Auxiliary loss weights: GoogLeNet Section 5 adds each of its two aux losses
+# "with a discount weight (0.3)" (used for both GoogLeNet-style heads, also on
+# BN-GoogLeNet); TF-slim train scripts weight the v3/v4/IR-v2 AuxLogits loss by 0.4.
 AUX_WEIGHT_GOOGLENET = 0.3
 AUX_WEIGHT_SLIM = 0.4
 
@@ -84,7 +85,8 @@ class TrainConfig:
     grad_clip: global-norm clipping threshold; 0 disables (v3 paper: 2.0).
     label_smoothing: label smoothing of every head (v3 paper: 0.1).
     aux_loss_weight: weight of each auxiliary head's loss; None picks 0.3 for
-      GoogLeNet (inception_v1) and 0.4 for the others.
+      GoogLeNet's two heads (inception_v1, inception_v1_bn) and 0.4 for the
+      single BN head of the others.
     freeze: 'none'; 'backbone' (only ``Logits`` and aux heads train); or an
       endpoint name from ``model.layer_names``: it and every layer before it get
       no updates. BN running statistics are governed by ``freeze_bn`` alone.
@@ -282,9 +284,15 @@ def _names(path) -> tuple[str, ...]:
 
 
 def _model_info(model) -> dict:
+  aux = [getattr(model, name) for name, _ in model.aux_names]
   return dict(arch=model.arch, layer_names=tuple(model.layer_names),
               heads=('Logits',) + tuple(name for name, _ in model.aux_names),
-              aux=bool(model.aux_names))
+              googlenet_aux=any(isinstance(h, layers.GoogLeNetAux) for h in aux))
+
+
+def default_aux_weight(model) -> float:
+  """Weight of each aux head's loss: 0.3 for GoogLeNet-style heads, else 0.4."""
+  return AUX_WEIGHT_GOOGLENET if _model_info(model)['googlenet_aux'] else AUX_WEIGHT_SLIM
 
 
 def _check_freeze(cfg: TrainConfig, info: dict) -> None:
@@ -484,7 +492,7 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: TrainConfig,
     _check_freeze(cfg, info)
     aux_weight = cfg.aux_loss_weight
     if aux_weight is None:
-      aux_weight = AUX_WEIGHT_GOOGLENET if info['arch'] == 'inception_v1' else AUX_WEIGHT_SLIM
+      aux_weight = default_aux_weight(model)
     tx = build_optimizer(cfg, state.params, info)
     labels_ = param_labels(state.params, cfg, info)
 

@@ -22,6 +22,7 @@ from flax import nnx
 
 import _dist_worker as tiny
 from inception_jax import checkpoint
+from inception_jax import create_model
 from inception_jax import train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -100,6 +101,14 @@ def test_loss_is_ce_plus_weighted_aux():
   np.testing.assert_allclose(m['loss'], m['ce_loss'] + 0.4 * m['aux_loss'], rtol=1e-6)
   # Label-smoothed CE of near-uniform logits over 5 classes is close to log(5).
   assert abs(float(m['ce_loss']) - math.log(5)) < 0.5
+
+
+def test_default_aux_weights():
+  # GoogLeNet paper Section 5: each aux loss "with a discount weight (0.3)".
+  model = nnx.eval_shape(lambda: create_model('inception_v1', num_classes=5))
+  assert [n for n, _ in model.aux_names] == ['aux1', 'aux2']
+  assert train.default_aux_weight(model) == 0.3
+  assert train.default_aux_weight(tiny.tiny_model()) == 0.4  # TF-slim AuxLogits
 
 
 @pytest.fixture(scope='module')
@@ -281,7 +290,7 @@ def test_rmsprop_matches_tf_update_rule():
   """TF RMSPropOptimizer, written out: ms0 = 1; eps inside the sqrt; lr before momentum."""
   cfg = train.TrainConfig(optimizer='rmsprop', learning_rate=0.045, schedule='constant')
   params = {'w': jnp.array([0.5, -2.0, 3.0])}
-  info = dict(arch='x', layer_names=(), heads=('w',), aux=False)
+  info = dict(arch='x', layer_names=(), heads=('w',), googlenet_aux=False)
   tx = train.build_optimizer(cfg, params, info)
   opt = tx.init(params)
   ms, mom, w = np.ones(3), np.zeros(3), np.array([0.5, -2.0, 3.0])
