@@ -500,7 +500,7 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: TrainConfig,
       m = nnx.merge(graphdef, params, batch_stats, rng_state, copy=True)
       m.train()
       if cfg.freeze_bn:
-        m.set_attributes(nnx.BatchNorm, use_running_average=True)
+        m.set_attributes(nnx.BatchNorm, use_running_average=True, raise_if_not_found=False)
       out = m(images)
       aux = {}
       if isinstance(out, InceptionOutput):
