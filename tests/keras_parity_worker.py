@@ -79,7 +79,8 @@ def keras2_names(model):
       rename[name] = f'{new}_{rank}'
   for layer in model.layers:
     if type(layer).__name__ == 'CustomScaleLayer':
-      up = layer._inbound_nodes[0].input_tensors[1]._keras_history[0].name  # pylint: disable=protected-access
+      node = layer._inbound_nodes[0]  # pylint: disable=protected-access
+      up = node.input_tensors[1]._keras_history[0].name  # pylint: disable=protected-access
       rename[layer.name] = up[:-len('_conv')]  # block35_1_conv -> block35_1
   return [rename.get(layer.name, layer.name) for layer in model.layers]
 

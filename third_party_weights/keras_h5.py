@@ -313,7 +313,7 @@ def _keras_order(g: _Graph) -> list[int]:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Slot:
+class KerasLayer:
   """One Keras layer with weights: its weights' names, target keys and shapes."""
   scope: str
   repeat: int | None
@@ -324,8 +324,18 @@ class _Slot:
     return self.scope if self.repeat is None else f'{self.scope}[{self.repeat}]'
 
 
-def _slots(tag: str, include_top: bool) -> list[_Slot]:
-  """The layers with weights of the Keras model, in ``model.layers`` order."""
+def layer_plan(tag: str, include_top: bool) -> list[KerasLayer]:
+  """The layers with weights of the Keras model, in ``model.layers`` order.
+
+  Args:
+    tag: ``'inception_v3.keras'`` or ``'inception_resnet_v2.keras'``.
+    include_top: with the ``predictions`` classifier.
+
+  Returns:
+    One ``KerasLayer`` per layer: TF-slim scope, block index in a ``Repeat`` (or None)
+    and ``(keras weight name, project key, shape)`` per weight in the file's order;
+    ``None`` in a shape is the class count.
+  """
   g = _GRAPHS[tag](include_top)
   slots = []
   for i in _keras_order(g):
@@ -343,13 +353,13 @@ def _slots(tag: str, include_top: bool) -> list[_Slot]:
       w = [('kernel', 'Logits/kernel', n.shape + (None,)), ('bias', 'Logits/bias', (None,))]
     else:
       continue
-    slots.append(_Slot(n.scope, n.repeat, tuple(w)))
+    slots.append(KerasLayer(n.scope, n.repeat, tuple(w)))
   return slots
 
 
 def layer_counts() -> dict[tuple[str, bool], int]:
   """Number of layers with weights of each Keras model: (tag, include_top) -> count."""
-  return {(tag, top): len(_slots(tag, top)) for tag in TAGS for top in (True, False)}
+  return {(tag, top): len(layer_plan(tag, top)) for tag in TAGS for top in (True, False)}
 
 
 def _attr_list(group, name: str) -> list[str]:
@@ -432,19 +442,17 @@ def read_layers(path: str) -> list[tuple[str, list[tuple[str, np.ndarray]]]]:
                             f'{e}. Fix: {redownload}.') from e
 
 
-def _wrong_file_message(path: str, tag: str, n: int) -> str:
+def _wrong_file_message(path: str, tag: str, n: int, include_top: bool) -> str:
   counts = layer_counts()
-  expect = f'{counts[tag, True]} with the classifier, {counts[tag, False]} without'
-  msg = (f'{path} has {n} layers with weights; Keras {_KERAS_NAMES[tag]} ({tag}) has '
-         f'{expect}.')
-  other = [(t, top) for (t, top), c in counts.items() if c == n and t != tag]
+  what = 'with' if include_top else 'without'
+  msg = (f'{path} has {n} layers with weights; Keras {_KERAS_NAMES[tag]} ({tag}) '
+         f'{what} the classifier has {counts[tag, include_top]}.')
+  other = [t for t in TAGS if t != tag and counts[t, include_top] == n]
   if other:
-    t, top = other[0]
-    msg += (f' It looks like a Keras {_KERAS_NAMES[t]} file'
-            f'{"" if top else " without top"}: convert it with tag {t!r} '
-            f'(`python -m third_party_weights.convert --arch {t}`).')
+    msg += (f' It looks like a Keras {_KERAS_NAMES[other[0]]} file: convert it with tag '
+            f'{other[0]!r} (`python -m third_party_weights.convert --arch {other[0]}`).')
   else:
-    msg += (' The file is for another model or is missing layers; use the published '
+    msg += (' The file is for another model or has lost layers; use the published '
             f'Keras {_KERAS_NAMES[tag]} weights or a file saved from '
             f'keras.applications.{_KERAS_NAMES[tag]}.')
   return msg
@@ -472,11 +480,11 @@ def convert(path: str, tag: str) -> dict[str, np.ndarray]:
   if tag not in _GRAPHS:
     raise KerasWeightsError(f'unknown Keras tag {tag!r}; valid tags: {", ".join(TAGS)}')
   layers = read_layers(path)
-  n = len(layers)
-  counts = layer_counts()
-  if n not in (counts[tag, True], counts[tag, False]):
-    raise KerasWeightsError(_wrong_file_message(path, tag, n))
-  slots = _slots(tag, include_top=n == counts[tag, True])
+  # a classifier file ends with the Dense 'predictions': kernel [in, classes], bias
+  include_top = bool(layers) and [a.ndim for _, a in layers[-1][1]] == [2, 1]
+  slots = layer_plan(tag, include_top)
+  if len(layers) != len(slots):
+    raise KerasWeightsError(_wrong_file_message(path, tag, len(layers), include_top))
   stacked: dict[str, dict[int, np.ndarray]] = collections.defaultdict(dict)
   out: dict[str, np.ndarray] = {}
   for k, (slot, (lname, weights)) in enumerate(zip(slots, layers)):
