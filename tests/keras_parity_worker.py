@@ -25,6 +25,7 @@ import json
 import os
 import re
 import sys
+import time
 
 os.environ['KERAS_BACKEND'] = 'jax'
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -56,6 +57,8 @@ def randomise(model, rng):
       raise AssertionError(f'unexpected Keras weight {w.path}')
     values.append(v.astype(np.float32))
   model.set_weights(values)
+  for v, w in zip(values, model.get_weights()):
+    np.testing.assert_array_equal(v, w)
 
 
 def keras2_names(model):
@@ -117,6 +120,14 @@ def main():
   import keras  # pylint: disable=g-import-not-at-top
   from keras.src.legacy.saving import legacy_h5_format  # pylint: disable=g-import-not-at-top
 
+  clock = [time.perf_counter()]
+
+  def lap(what):
+    now = time.perf_counter()
+    print(f'  {what}: {now - clock[0]:.1f}s', flush=True)
+    clock[0] = now
+
+  lap('import keras')
   for item in args.archs:
     arch, size = item.split(':')
     size = int(size)
@@ -126,6 +137,7 @@ def main():
     shape = (size, size, 3)
     top = build(weights=None, input_shape=shape, classifier_activation=None)
     notop = build(weights=None, input_shape=shape, include_top=False, pooling='avg')
+    lap(f'{arch} build')
     rng = np.random.default_rng(0)
     randomise(top, rng)
     notop.set_weights(top.get_weights()[:-2])  # same layer order without Dense
@@ -133,6 +145,7 @@ def main():
     x = rng.uniform(-1.0, 1.0, (args.batch,) + shape).astype(np.float32)
     logits = np.asarray(top.predict(x, verbose=0))
     features = np.asarray(notop.predict(x, verbose=0))
+    lap(f'{arch} randomise + predict')
 
     for name, model in (('top', top), ('notop', notop)):
       k3 = os.path.join(out, f'k3_{name}.h5')
@@ -140,7 +153,9 @@ def main():
         legacy_h5_format.save_weights_to_hdf5_group(f, model)
       k2 = os.path.join(out, f'k2_{name}.h5')
       write_keras2(k3, k2, model)
+      lap(f'{arch} write {name}')
       model.load_weights(k2)  # Keras itself accepts the rewritten file
+      lap(f'{arch} keras loads k2_{name}')
 
     order = [[type(layer).__name__, [list(w.shape) for w in
                                      layer.trainable_weights + layer.non_trainable_weights]]
