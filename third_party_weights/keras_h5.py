@@ -337,7 +337,7 @@ def layer_plan(tag: str, include_top: bool) -> list[KerasLayer]:
     ``None`` in a shape is the class count.
   """
   g = _GRAPHS[tag](include_top)
-  slots = []
+  plan = []
   for i in _keras_order(g):
     n = g.nodes[i]
     if n.kind == 'conv':
@@ -353,8 +353,8 @@ def layer_plan(tag: str, include_top: bool) -> list[KerasLayer]:
       w = [('kernel', 'Logits/kernel', n.shape + (None,)), ('bias', 'Logits/bias', (None,))]
     else:
       continue
-    slots.append(KerasLayer(n.scope, n.repeat, tuple(w)))
-  return slots
+    plan.append(KerasLayer(n.scope, n.repeat, tuple(w)))
+  return plan
 
 
 def layer_counts() -> dict[tuple[str, bool], int]:
@@ -482,12 +482,12 @@ def convert(path: str, tag: str) -> dict[str, np.ndarray]:
   layers = read_layers(path)
   # a classifier file ends with the Dense 'predictions': kernel [in, classes], bias
   include_top = bool(layers) and [a.ndim for _, a in layers[-1][1]] == [2, 1]
-  slots = layer_plan(tag, include_top)
-  if len(layers) != len(slots):
+  plan = layer_plan(tag, include_top)
+  if len(layers) != len(plan):
     raise KerasWeightsError(_wrong_file_message(path, tag, len(layers), include_top))
   stacked: dict[str, dict[int, np.ndarray]] = collections.defaultdict(dict)
   out: dict[str, np.ndarray] = {}
-  for k, (slot, (lname, weights)) in enumerate(zip(slots, layers)):
+  for k, (slot, (lname, weights)) in enumerate(zip(plan, layers)):
     where = (f'{path}: layer #{k} {lname!r} (Keras {_KERAS_NAMES[tag]} layer for '
              f'{slot.label})')
     expected = [w[0] for w in slot.weights]
