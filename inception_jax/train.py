@@ -438,6 +438,11 @@ def model_from_state(graphdef: nnx.GraphDef, state: TrainState) -> nnx.Module:
 # --------------------------------------------------------------------------- steps
 
 
+def _is_batch_norm(path, node) -> bool:
+  del path
+  return isinstance(node, (layers.BatchNorm, nnx.BatchNorm))
+
+
 def _cross_entropy(logits: Array, labels: Array, smoothing: float) -> Array:
   """Per-example softmax cross-entropy in float32 with label smoothing."""
   logits = logits.astype(jnp.float32)
@@ -500,7 +505,7 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: TrainConfig,
       m = nnx.merge(graphdef, params, batch_stats, rng_state, copy=True)
       m.train()
       if cfg.freeze_bn:
-        m.set_attributes(nnx.BatchNorm, use_running_average=True, raise_if_not_found=False)
+        m.set_attributes(_is_batch_norm, use_running_average=True, raise_if_not_found=False)
       out = m(images)
       aux = {}
       if isinstance(out, InceptionOutput):
