@@ -58,8 +58,10 @@ def build_reference(builder: str) -> torch.nn.Module:
 def randomise(model: torch.nn.Module, x: torch.Tensor, seed: int) -> None:
   """Random weights, random BN affine params and randomised running statistics.
 
-  Running statistics start from the batch statistics of a calibration batch (so
-  activations stay O(1) through 100+ layers) and are then perturbed per channel.
+  Running statistics start from the batch statistics of a calibration batch of
+  dissimilar images (so activations stay O(1) through 100+ layers, and no channel
+  has a near-zero variance that would amplify rounding) and are then perturbed
+  per channel.
   """
   g = torch.Generator().manual_seed(seed)
   bns = []
@@ -96,7 +98,11 @@ def convert(source: str, tag: str, src: str, out: str) -> float:
   return time.time() - t
 
 
-def run_tag(tag: str, out_dir: str, x01: np.ndarray, models: dict) -> dict:
+def run_tag(tag: str, out_dir: str, batch: np.ndarray, models: dict) -> dict:
+  """Builds, randomises, saves, converts, loads and compares one tag.
+
+  ``batch``: 4 images in [0, 1]; all four calibrate BN, the first BATCH are compared.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
@@ -108,7 +114,7 @@ def run_tag(tag: str, out_dir: str, x01: np.ndarray, models: dict) -> dict:
   rec = {'source': cfg.source}
   t0 = time.time()
   size = cfg.input_size
-  x01 = x01[:, :size, :size]
+  x01 = batch[:, :size, :size]
   mean, std = np.asarray(cfg.mean, np.float32), np.asarray(cfg.std, np.float32)
   x_ours = (x01 - mean) / std  # NHWC, the cfg's normalisation
   if cfg.source == 'torchvision':
@@ -117,13 +123,14 @@ def run_tag(tag: str, out_dir: str, x01: np.ndarray, models: dict) -> dict:
         pretrained.IMAGENET_STD, np.float32)
   else:
     x_ref = x_ours
-  x_ref_t = torch.from_numpy(np.ascontiguousarray(x_ref.transpose(0, 3, 1, 2)))
+  x_cal_t = torch.from_numpy(np.ascontiguousarray(x_ref.transpose(0, 3, 1, 2)))
+  x_ref_t, x_ours = x_cal_t[:BATCH], x_ours[:BATCH]
 
   ref = models.get(builder)
   if ref is None:
     ref = models[builder] = build_reference(builder)
   seed = sum(map(ord, tag))
-  randomise(ref, x_ref_t, seed)
+  randomise(ref, x_cal_t, seed)
 
   # Published file formats.
   state = {k: v.contiguous() for k, v in ref.state_dict().items()}
@@ -205,15 +212,29 @@ def preprocessing_check(out_dir: str) -> dict:
   return res
 
 
+def images(seed: int) -> np.ndarray:
+  """Four dissimilar 299x299 RGB images in [0, 1] (NHWC): noise, waves, blobs, ramp."""
+  rng = np.random.default_rng(seed)
+  yy, xx = np.mgrid[0:299, 0:299].astype(np.float32) / 299
+  noise = rng.random((299, 299, 3), dtype=np.float32)
+  f = rng.uniform(2, 12, 3)
+  waves = 0.5 + 0.5 * np.stack([np.sin(2 * np.pi * f[c] * (xx + c * yy)) for c in range(3)], -1)
+  k = np.ones(15, np.float32) / 15
+  blur = np.apply_along_axis(np.convolve, 0, rng.random((299, 299, 3)), k, 'same')
+  blobs = np.apply_along_axis(np.convolve, 1, blur, k, 'same')
+  blobs = (blobs - blobs.min()) / (blobs.max() - blobs.min())
+  ramp = np.stack([xx, yy, 1 - xx * yy], -1)
+  return np.stack([noise, waves, blobs, ramp]).astype(np.float32)
+
+
 def main() -> int:
   out_dir, tags = sys.argv[1], sys.argv[2:]
   torch.set_num_threads(2)
-  rng = np.random.default_rng(0)
-  x01 = rng.random((BATCH, 299, 299, 3), dtype=np.float32)
+  batch = images(0)
   results, models = {}, {}
   for tag in tags:
     try:
-      results[tag] = run_tag(tag, out_dir, x01, models)
+      results[tag] = run_tag(tag, out_dir, batch, models)
     except Exception:  # recorded per tag; the test reports it
       results[tag] = {'error': traceback.format_exc()[-3000:]}
     print(tag, json.dumps(results[tag]), flush=True)
