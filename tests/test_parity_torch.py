@@ -174,3 +174,18 @@ def test_download_with_bad_hash_fails_and_deletes(parity, server, tmp_path):
   r = _cli('--tag', 'inception_v3.tf_in1k', '--cache', str(cache),
            '--manifest', _manifest(tmp_path, f'{server}/missing.safetensors', None))
   assert r.returncode == 1 and 'could not download' in r.stderr
+
+
+def test_torch_conversion_never_imports_tensorflow(parity, tmp_path):
+  code = ('import sys\n'
+          'from third_party_weights import convert\n'
+          'rc = convert.main(sys.argv[1:])\n'
+          "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]\n"
+          "assert rc == 0 and not bad, (rc, bad)\n")
+  for name, source in (('inception_v3.tv_in1k.pth', 'torchvision'),
+                       ('inception_v3.tf_in1k.safetensors', 'timm')):
+    r = subprocess.run([sys.executable, '-c', code, '--source', source, '--arch',
+                        name.rsplit('.', 1)[0], '--input', str(parity[1] / name),
+                        '--output', str(tmp_path / 'out.safetensors')],
+                       cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
