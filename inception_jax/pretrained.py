@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import fnmatch
 import os
 from typing import Any
 
@@ -214,7 +215,6 @@ AUX_PREFIXES = ('AuxLogits/', 'aux1/', 'aux2/')
 
 def list_pretrained(pattern: str | None = None) -> list[str]:
   """Names ``arch.tag`` of all pretrained weights, sorted; ``pattern`` is fnmatch."""
-  import fnmatch  # pylint: disable=g-import-not-at-top
   return sorted(n for n in _BY_NAME if pattern is None or fnmatch.fnmatch(n, pattern))
 
 
@@ -234,8 +234,13 @@ def cache_dir() -> str:
       os.path.expanduser('~'), '.cache', 'inception_jax')
 
 
-def _resolve(name: str, path: str | None) -> tuple[PretrainedCfg, str, dict, dict]:
-  """(cfg, path, arrays, file config) for a name and an optional file path."""
+def _resolve(name: str, path: str | None, include_top: bool = True
+             ) -> tuple[PretrainedCfg, str, dict, dict]:
+  """(cfg, path, arrays, file config) for a name and an optional file path.
+
+  Without a path the converted file is looked up in ``cache_dir()``; for
+  ``include_top=False`` a no-top file (``--notop``) serves when the full one is absent.
+  """
   arch, _, tag = name.partition('.')
   registry.get_arch(arch)  # unknown architectures list the valid ones
   if path is None:
@@ -245,6 +250,9 @@ def _resolve(name: str, path: str | None) -> tuple[PretrainedCfg, str, dict, dic
                        'or pretrained=PATH')
     cfg = get_pretrained_cfg(name)
     path = os.path.join(cache_dir(), cfg.converted_file)
+    notop = os.path.join(cache_dir(), cfg.converted_file_notop)
+    if not include_top and not os.path.exists(path) and os.path.exists(notop):
+      path = notop
     if not os.path.exists(path):
       raise FileNotFoundError(
           f'no converted weights for {name} at {path}. Convert them once with '
@@ -330,7 +338,7 @@ def create_pretrained(name: str, *, path: str | None = None, num_classes: int = 
   """
   if rngs is None:
     rngs = nnx.Rngs(0)
-  cfg, path, arrays, config = _resolve(name, path)
+  cfg, path, arrays, config = _resolve(name, path, options.get('include_top', True))
   opts = {**dict(cfg.options), **options}
   include_top = opts.get('include_top', True)
   file_classes = int(config.get('num_classes', cfg.num_classes))
