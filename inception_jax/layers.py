@@ -255,7 +255,9 @@ class Repeat(nnx.Module):
     setattr(self, spec.block.name, make(rngs))
 
   def __call__(self, x: Array) -> Array:
-    @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+    # Tree mode (graph=False): graph mode refuses Variables created outside the
+    # current trace, so a model called under plain jax.jit/jax.eval_shape failed.
+    @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry, graph=False)
     def step(h, block):
       return block(h)
 
