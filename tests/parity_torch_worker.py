@@ -122,11 +122,12 @@ def run_tag(tag: str, out_dir: str, batch: np.ndarray, models: dict) -> dict:
   rec = {'source': cfg.source}
   t0 = time.time()
   times = rec['phase_seconds'] = {}
+  last_lap = [t0]
 
-  def lap(name, start=[t0]):  # pylint: disable=dangerous-default-value
+  def lap(name):
     now = time.time()
-    times[name] = round(now - start[0], 1)
-    start[0] = now
+    times[name] = round(now - last_lap[0], 1)
+    last_lap[0] = now
 
   size = cfg.input_size
   x01 = batch[:, :size, :size]
@@ -266,6 +267,7 @@ def main() -> int:
     results['preprocessing'] = preprocessing_check(out_dir)
   except Exception:
     results['preprocessing'] = {'error': traceback.format_exc()[-3000:]}
+  print('preprocessing', json.dumps(results['preprocessing']), flush=True)
   with open(os.path.join(out_dir, 'parity.json'), 'w') as f:
     json.dump(results, f, indent=1, sort_keys=True)
   return 0
