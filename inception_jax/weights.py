@@ -46,19 +46,19 @@ def to_numpy(model: nnx.Module) -> dict[str, np.ndarray]:
   return {k: np.asarray(v[...]) for k, v in flat_state(model).items()}
 
 
-def assign(model: nnx.Module, arrays: dict[str, np.ndarray], *,
-           skip: Iterable[str] = (), source: str = 'weight file') -> list[str]:
-  """Strictly copies ``arrays`` into ``model``.
+def check(model: nnx.Module, arrays: dict[str, np.ndarray], *,
+          skip: Iterable[str] = (), source: str = 'weight file') -> list[str]:
+  """Checks that ``arrays`` fit ``model`` exactly (``model`` may be abstract).
 
   Args:
-    model: the target network.
+    model: the target network (concrete or from ``nnx.eval_shape``).
     arrays: flat key -> array.
     skip: regexes of model keys that keep their initial values and may be absent
       from (or present in) ``arrays``: a re-initialised head, say.
     source: name of the file, used in error messages.
 
   Returns:
-    The model keys that were skipped.
+    The model keys that are skipped.
 
   Raises:
     WeightLoadError: naming missing, unexpected and mis-shaped keys and the likely
@@ -85,12 +85,24 @@ def assign(model: nnx.Module, arrays: dict[str, np.ndarray], *,
                  'that differ from the file. Convert with `python -m '
                  'third_party_weights.convert --arch TAG` for this architecture.')
     raise WeightLoadError('\n'.join(parts))
-  done = []
-  for k, var in target.items():
-    if skipped(k):
-      done.append(k)
-      continue
-    var[...] = jnp.asarray(arrays[k], dtype=var[...].dtype)
+  return [k for k in target if skipped(k)]
+
+
+def assign(model: nnx.Module, arrays: dict[str, np.ndarray], *,
+           skip: Iterable[str] = (), source: str = 'weight file') -> list[str]:
+  """Strictly copies ``arrays`` into ``model`` (see ``check`` for the arguments).
+
+  Returns:
+    The model keys that were skipped.
+
+  Raises:
+    WeightLoadError: naming missing, unexpected and mis-shaped keys and the likely
+      cause.
+  """
+  done = check(model, arrays, skip=skip, source=source)
+  for k, var in flat_state(model).items():
+    if k not in done:
+      var[...] = jnp.asarray(arrays[k], dtype=var[...].dtype)
   return done
 
 

@@ -1,0 +1,373 @@
+"""Pretrained weights: one ``PretrainedCfg`` per ``arch.tag`` and strict loading.
+
+A tag names one published set of ImageNet weights (``inception_v3.tf_in1k``). Its
+cfg holds the facts needed to use them: the network options that make this
+implementation compute what the source library computes (padding rule,
+``count_include_pad``, BN scale and epsilon), the label space, the evaluation
+preprocessing and where the upstream file comes from. The weights themselves are
+converted once, offline, by ``python -m third_party_weights.convert`` into the
+project format (``inception_jax.weights``); this module only loads converted files
+(it never downloads, and never imports torch or tensorflow).
+
+torchvision's ``transform_input``: torchvision GoogLeNet and Inception-v3 weights
+expect ImageNet mean/std-normalised input and internally map it back to
+``(x - 0.5) / 0.5`` per channel before the first conv
+(``x * std_c / 0.5 + (mean_c - 0.5) / 0.5``). The two steps compose to
+normalising with mean = std = 0.5, so the ``tv_in1k`` cfgs say exactly that and the
+network has no input transform: feed ``preprocessing.eval_transform`` output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from inception_jax import registry
+from inception_jax import weights as weights_lib
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INCEPTION_MEAN = (0.5, 0.5, 0.5)  # x / 127.5 - 1: TF-slim, Keras 'tf' mode
+INCEPTION_STD = (0.5, 0.5, 0.5)
+
+# Options that make a port exact, per source library (architectures.md sections 0.2,
+# 0.3): TF-slim / Keras checkpoints have no BN scale; torch ports carry gamma.
+_TORCH_V3 = (('bn_eps', 1e-3), ('bn_scale', True), ('count_include_pad', True),
+             ('padding', 'tf'))  # every strided op is VALID: tf == symmetric here
+_TIMM_TF = (('bn_eps', 1e-3), ('bn_scale', True), ('count_include_pad', False),
+            ('padding', 'tf'))
+_KERAS = (('bn_eps', 1e-3), ('bn_scale', False), ('count_include_pad', False),
+          ('padding', 'tf'))
+_GOOGLENET = (('bn_eps', 1e-3), ('bn_scale', True), ('count_include_pad', False),
+              ('padding', 'symmetric'))
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainedCfg:
+  """Facts about one set of published weights.
+
+  Attributes:
+    arch: registered architecture (``inception_v3``).
+    tag: weight tag (``tf_in1k``); the full name is ``f'{arch}.{tag}'``.
+    source: library the converter reads ('torchvision', 'timm', 'keras').
+    options: network options that reproduce the source numerics, as (name,
+      value) pairs: ``padding``, ``count_include_pad``, ``bn_scale``, ``bn_eps``.
+    num_classes: classifier width of the file.
+    label_offset: 1 when class 0 of the file is TF-slim's "background" and the
+      ImageNet classes start at 1 (1001-class heads); 0 otherwise.
+    has_aux: the file carries trained auxiliary classifier weights.
+    input_size: training/eval resolution (square).
+    crop_pct: fraction of the resized image kept by the centre crop.
+    interpolation: 'bilinear' or 'bicubic' (resize filter).
+    mean: per-channel mean of images scaled to [0, 1].
+    std: per-channel standard deviation.
+    url: upstream file.
+    file_name: upstream file name.
+    file_hash: published hash of the upstream file (hex, possibly a prefix) or
+      None when the publisher gives none.
+    hash_algo: 'sha256' or 'md5' (what ``file_hash`` is).
+    url_notop: upstream file without the classifier (Keras), if any.
+    file_hash_notop: its published hash.
+    top1: top-1 accuracy (%) on ImageNet-1k val reported by the publisher.
+    top5: top-5 accuracy (%).
+    license: licence of the weights.
+    origin: provenance in one line.
+  """
+  arch: str
+  tag: str
+  source: str
+  options: tuple[tuple[str, Any], ...]
+  url: str
+  file_name: str
+  top1: float
+  top5: float
+  license: str
+  origin: str
+  num_classes: int = 1000
+  label_offset: int = 0
+  has_aux: bool = False
+  input_size: int = 299
+  crop_pct: float = 0.875
+  interpolation: str = 'bicubic'
+  mean: tuple[float, float, float] = INCEPTION_MEAN
+  std: tuple[float, float, float] = INCEPTION_STD
+  file_hash: str | None = None
+  hash_algo: str = 'sha256'
+  url_notop: str | None = None
+  file_hash_notop: str | None = None
+
+  @property
+  def name(self) -> str:
+    return f'{self.arch}.{self.tag}'
+
+  @property
+  def converted_file(self) -> str:
+    """File name of the converted weights (in the cache directory)."""
+    return f'{self.name}.safetensors'
+
+  @property
+  def converted_file_notop(self) -> str:
+    return f'{self.name}.notop.safetensors'
+
+  def to_dict(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d['options'] = dict(self.options)
+    d['mean'], d['std'] = list(self.mean), list(self.std)
+    return d
+
+
+_HF = 'https://huggingface.co/timm/{}/resolve/main/model.safetensors'
+_KERAS_URL = 'https://storage.googleapis.com/tensorflow/keras-applications/'
+
+_CFGS = (
+    PretrainedCfg(
+        arch='inception_v1_bn', tag='tv_in1k', source='torchvision', options=_GOOGLENET,
+        url='https://download.pytorch.org/models/googlenet-1378be20.pth',
+        file_name='googlenet-1378be20.pth', file_hash='1378be20',
+        input_size=224, crop_pct=0.875, interpolation='bilinear',  # resize 256, crop 224
+        top1=69.778, top5=89.530, license='BSD-3-Clause (torchvision)',
+        origin='torchvision GoogLeNet_Weights.IMAGENET1K_V1, a port of the TF-slim BN '
+               'Inception-v1 checkpoint; its aux heads are untrained and not shipped'),
+    PretrainedCfg(
+        arch='inception_v3', tag='tv_in1k', source='torchvision', options=_TORCH_V3,
+        url='https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth',
+        file_name='inception_v3_google-0cc3c7bd.pth', file_hash='0cc3c7bd',
+        has_aux=True, crop_pct=299 / 342, interpolation='bilinear',  # resize 342, crop 299
+        top1=77.294, top5=93.450, license='BSD-3-Clause (torchvision)',
+        origin='torchvision Inception_V3_Weights.IMAGENET1K_V1 ("ported from '
+               'TensorFlow", not the slim 2016_08_28 checkpoint), with trained AuxLogits'),
+    PretrainedCfg(
+        arch='inception_v3', tag='tf_in1k', source='timm', options=_TORCH_V3,
+        url=_HF.format('inception_v3.tf_in1k'), file_name='model.safetensors',
+        top1=77.866, top5=93.644, license='Apache-2.0',
+        origin='timm port of TF-slim inception_v3_2016_08_28 (1001 -> 1000 classes)'),
+    PretrainedCfg(
+        arch='inception_v3', tag='tf_adv_in1k', source='timm', options=_TORCH_V3,
+        url=_HF.format('inception_v3.tf_adv_in1k'), file_name='model.safetensors',
+        top1=77.598, top5=93.726, license='Apache-2.0',
+        origin='timm port of TF adv_inception_v3_2017_08_18 (adversarially trained)'),
+    PretrainedCfg(
+        arch='inception_v3', tag='gluon_in1k', source='timm', options=_TORCH_V3,
+        url=_HF.format('inception_v3.gluon_in1k'), file_name='model.safetensors',
+        mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        top1=78.806, top5=94.372, license='Apache-2.0',
+        origin='timm port of the GluonCV inception_v3 ImageNet model'),
+    PretrainedCfg(
+        arch='inception_v3', tag='keras', source='keras', options=_KERAS,
+        url=_KERAS_URL + 'inception_v3/inception_v3_weights_tf_dim_ordering_tf_kernels.h5',
+        file_name='inception_v3_weights_tf_dim_ordering_tf_kernels.h5',
+        file_hash='9a0d58056eeedaa3f26cb7ebd46da564', hash_algo='md5',
+        url_notop=(_KERAS_URL + 'inception_v3/'
+                   'inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5'),
+        file_hash_notop='bcbd6486424b2319ff4ef7d526e38f63',
+        interpolation='bilinear',
+        top1=77.898, top5=93.720, license='Apache-2.0 (keras-applications)',
+        origin='keras.applications.InceptionV3 weights (fchollet/deep-learning-models '
+               'release v0.5), a conversion of a TF Inception-v3 checkpoint'),
+    PretrainedCfg(
+        arch='inception_v4', tag='tf_in1k', source='timm', options=_TIMM_TF,
+        url=_HF.format('inception_v4.tf_in1k'), file_name='model.safetensors',
+        top1=80.144, top5=94.982, license='Apache-2.0',
+        origin='timm (Cadene) port of TF-slim inception_v4_2016_09_09'),
+    PretrainedCfg(
+        arch='inception_resnet_v2', tag='tf_in1k', source='timm', options=_TIMM_TF,
+        url=_HF.format('inception_resnet_v2.tf_in1k'), file_name='model.safetensors',
+        crop_pct=0.8975,
+        top1=80.434, top5=95.312, license='Apache-2.0',
+        origin='timm port of TF-slim inception_resnet_v2_2016_08_30'),
+    PretrainedCfg(
+        arch='inception_resnet_v2', tag='tf_ens_adv_in1k', source='timm',
+        options=_TIMM_TF,
+        url=_HF.format('inception_resnet_v2.tf_ens_adv_in1k'),
+        file_name='model.safetensors', crop_pct=0.8975,
+        top1=79.998, top5=94.940, license='Apache-2.0',
+        origin='timm port of TF ens_adv_inception_resnet_v2_2017_08_18 '
+               '(ensemble adversarial training, arXiv 1705.07204)'),
+    PretrainedCfg(
+        arch='inception_resnet_v2', tag='keras', source='keras', options=_KERAS,
+        url=(_KERAS_URL + 'inception_resnet_v2/'
+             'inception_resnet_v2_weights_tf_dim_ordering_tf_kernels.h5'),
+        file_name='inception_resnet_v2_weights_tf_dim_ordering_tf_kernels.h5',
+        file_hash='e693bd0210a403b3192acc6073ad2e96', hash_algo='md5',
+        url_notop=(_KERAS_URL + 'inception_resnet_v2/'
+                   'inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5'),
+        file_hash_notop='d19885ff4a710c122648d3b5c3b684e4',
+        interpolation='bilinear',
+        top1=80.256, top5=95.252, license='Apache-2.0 (keras-applications)',
+        origin='keras.applications.InceptionResNetV2 weights (release v0.7), '
+               'converted from TF-slim inception_resnet_v2_2016_08_30'),
+)
+
+_BY_NAME = {c.name: c for c in _CFGS}
+
+# Classifier parameters: their shape depends on num_classes.
+CLASSIFIER_KEYS = (r'Logits/.*', r'AuxLogits/Logits/.*', r'aux1/fc2/.*', r'aux2/fc2/.*')
+# Auxiliary heads (present only with aux_logits=True).
+AUX_PREFIXES = ('AuxLogits/', 'aux1/', 'aux2/')
+
+
+def list_pretrained(pattern: str | None = None) -> list[str]:
+  """Names ``arch.tag`` of all pretrained weights, sorted; ``pattern`` is fnmatch."""
+  return sorted(n for n in _BY_NAME if pattern is None or fnmatch.fnmatch(n, pattern))
+
+
+def get_pretrained_cfg(name: str) -> PretrainedCfg:
+  """The cfg of ``arch.tag``; unknown names raise a ValueError listing valid ones."""
+  if name not in _BY_NAME:
+    close = difflib.get_close_matches(name, list(_BY_NAME), n=3)
+    hint = f' Did you mean {close}?' if close else ''
+    raise ValueError(f'unknown pretrained weights {name!r}.{hint} Valid names: '
+                     f'{", ".join(list_pretrained())}')
+  return _BY_NAME[name]
+
+
+def cache_dir() -> str:
+  """Where converted weights live: ``$INCEPTION_JAX_CACHE`` or ~/.cache/inception_jax."""
+  return os.environ.get('INCEPTION_JAX_CACHE') or os.path.join(
+      os.path.expanduser('~'), '.cache', 'inception_jax')
+
+
+def _resolve(name: str, path: str | None, include_top: bool = True
+             ) -> tuple[PretrainedCfg, str, dict, dict]:
+  """(cfg, path, arrays, file config) for a name and an optional file path.
+
+  Without a path the converted file is looked up in ``cache_dir()``; for
+  ``include_top=False`` a no-top file (``--notop``) serves when the full one is absent.
+  """
+  arch, _, tag = name.partition('.')
+  registry.get_arch(arch)  # unknown architectures list the valid ones
+  if path is None:
+    if not tag:
+      raise ValueError(f'{name!r} names no weights: pass a tag (e.g. '
+                       f'{list_pretrained(arch + ".*")[:1] or list_pretrained()[:1]}) '
+                       'or pretrained=PATH')
+    cfg = get_pretrained_cfg(name)
+    path = os.path.join(cache_dir(), cfg.converted_file)
+    notop = os.path.join(cache_dir(), cfg.converted_file_notop)
+    if not include_top and not os.path.exists(path) and os.path.exists(notop):
+      path = notop
+    if not os.path.exists(path):
+      raise FileNotFoundError(
+          f'no converted weights for {name} at {path}. Convert them once with '
+          f'`python -m third_party_weights.convert --tag {name}` (downloads '
+          f'{cfg.url}), or pass pretrained=PATH to a converted file.')
+  arrays, config = weights_lib.load(path)
+  file_name = f"{config.get('arch')}.{config.get('tag')}"
+  if config.get('arch') != arch:
+    raise weights_lib.WeightLoadError(
+        f'{path} holds weights for {file_name}, not for architecture {arch!r}; use '
+        f"create_model('{file_name}', pretrained=...) or convert the weights of {arch}")
+  if tag and config.get('tag') != tag:
+    raise weights_lib.WeightLoadError(
+        f'{path} holds weights for {file_name}, not {name}; ask for '
+        f"'{file_name}' or convert {name} with `python -m third_party_weights.convert "
+        f'--tag {name}`')
+  cfg = get_pretrained_cfg(file_name)
+  return cfg, path, arrays, config
+
+
+def _build_loaded(make, arrays: dict, *, skip: list[str], source: str,
+                  rngs: nnx.Rngs):
+  """``make(rngs)`` filled from ``arrays``, without running the initialisers.
+
+  The network is traced abstractly (``nnx.eval_shape``), checked strictly against
+  the file, and its variables are set from the file. Only what the file does not
+  provide is initialised: the skipped (re-initialised) classifier, in one jitted
+  program from which XLA drops every other initialiser, and the dropout RNG
+  streams. Running all initialisers eagerly costs one XLA compile per parameter
+  shape (about a minute for Inception-v3 on a laptop CPU); this takes seconds.
+  """
+  base = rngs.params()
+  abstract = nnx.eval_shape(lambda: make(nnx.Rngs(base)))
+  skipped = set(weights_lib.check(abstract, arrays, skip=skip, source=source))
+  graphdef, state = nnx.split(abstract)
+  flat = nnx.to_flat_state(state)
+  key = lambda path: '/'.join(str(getattr(p, 'key', p)) for p in path)
+  fresh = [key(p) for p, v in flat
+           if isinstance(v, weights_lib.WEIGHT_KINDS) and key(p) in skipped]
+  if fresh:
+    def init_fresh(k):
+      values = weights_lib.flat_state(make(nnx.Rngs(k)))
+      return {name: values[name][...] for name in fresh}
+    init = jax.jit(init_fresh)(base)
+  n_keys = 0
+  for path, var in flat:
+    name = key(path)
+    if isinstance(var, weights_lib.WEIGHT_KINDS):
+      value = init[name] if name in skipped else jnp.asarray(arrays[name], var.dtype)
+    elif isinstance(var, nnx.RngKey):
+      value = jax.random.fold_in(base, n_keys)
+      n_keys += 1
+    elif isinstance(var, nnx.RngCount):
+      value = jnp.zeros(var.shape, var.dtype)
+    else:
+      raise TypeError(f'cannot materialise {name} ({type(var).__name__})')
+    var.set_value(value)
+  return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def create_pretrained(name: str, *, path: str | None = None, num_classes: int = 1000,
+                      rngs: nnx.Rngs | None = None, **options: Any):
+  """Builds ``arch`` with the options of a tag and loads converted weights strictly.
+
+  Args:
+    name: ``arch.tag`` (``inception_v3.tf_in1k``) or ``arch`` with ``path``.
+    path: converted weight file; default: the tag's file in ``cache_dir()``.
+    num_classes: classifier width. A value different from the file's keeps the
+      backbone and re-initialises the classifier(s) from ``rngs``.
+    rngs: RNGs for re-initialised parameters and dropout.
+    **options: model options; the tag's numerics options are the defaults.
+      ``include_top=False`` loads a no-top file or a full file without its
+      classifier; ``aux_logits=True`` loads the auxiliary heads (an error when the
+      file has none).
+
+  Returns:
+    An ``Inception`` in eval mode.
+
+  Raises:
+    WeightLoadError: the file is for another architecture or tag, is corrupt, or
+      does not fit the requested options.
+    FileNotFoundError: no converted file (the message gives the command).
+  """
+  if rngs is None:
+    rngs = nnx.Rngs(0)
+  cfg, path, arrays, config = _resolve(name, path, options.get('include_top', True))
+  opts = {**dict(cfg.options), **options}
+  include_top = opts.get('include_top', True)
+  file_classes = int(config.get('num_classes', cfg.num_classes))
+  file_has_top = 'Logits/kernel' in arrays
+  file_has_aux = any(k.startswith(AUX_PREFIXES) for k in arrays)
+
+  if opts.get('aux_logits') and not file_has_aux:
+    why = ('the published weights have no trained auxiliary heads' if not cfg.has_aux
+           else 'the file was converted without them')
+    raise weights_lib.WeightLoadError(
+        f'aux_logits=True but {path} has no auxiliary classifier ({why}); drop '
+        'aux_logits=True' + (' or use inception_v3.tv_in1k' if cfg.arch == 'inception_v3'
+                             else ''))
+  if include_top and not file_has_top and num_classes == file_classes:
+    raise weights_lib.WeightLoadError(
+        f'{path} has no classifier (a no-top file): pass include_top=False for '
+        'features, or num_classes=N for a new randomly initialised classifier')
+
+  skip = []
+  if not include_top or num_classes != file_classes:
+    skip += list(CLASSIFIER_KEYS)
+  if not include_top:
+    arrays = {k: v for k, v in arrays.items()
+              if not k.startswith('Logits/') and not k.startswith(AUX_PREFIXES)}
+  if not opts.get('aux_logits'):
+    arrays = {k: v for k, v in arrays.items() if not k.startswith(AUX_PREFIXES)}
+
+  model = _build_loaded(
+      lambda r: registry.create_model(cfg.arch, num_classes=num_classes, rngs=r, **opts),
+      arrays, skip=skip, source=path, rngs=rngs)
+  model.pretrained_cfg = cfg
+  return model

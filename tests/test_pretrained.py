@@ -1,0 +1,287 @@
+"""Pretrained cfgs, the manifest, strict loading of converted files, preprocessing.
+
+Weight files here are synthetic (random arrays with the shapes of the network,
+written with ``weights.save``); real-weight parity lives in test_parity_torch.py.
+"""
+
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+
+import inception_jax as ij
+from inception_jax import pretrained, preprocessing, weights
+
+TAGS = {
+    'inception_v1_bn.tv_in1k', 'inception_v3.tv_in1k', 'inception_v3.tf_in1k',
+    'inception_v3.tf_adv_in1k', 'inception_v3.gluon_in1k', 'inception_v3.keras',
+    'inception_v4.tf_in1k', 'inception_resnet_v2.tf_in1k',
+    'inception_resnet_v2.tf_ens_adv_in1k', 'inception_resnet_v2.keras',
+}
+MANIFEST = os.path.join(os.path.dirname(__file__), '..', 'third_party_weights',
+                        'manifest.json')
+
+
+def test_list_pretrained():
+  assert set(ij.list_pretrained()) == TAGS
+  assert ij.list_pretrained() == sorted(TAGS)
+  assert ij.list_pretrained('inception_v3.*') == sorted(t for t in TAGS
+                                                       if t.startswith('inception_v3.'))
+
+
+def test_every_tag_names_a_registered_architecture():
+  for name in ij.list_pretrained():
+    cfg = ij.get_pretrained_cfg(name)
+    assert cfg.arch in ij.list_models(), name
+    assert cfg.name == name
+
+
+def test_unknown_tag_lists_valid_ones():
+  with pytest.raises(ValueError, match='inception_v3.tf_in1k') as e:
+    ij.get_pretrained_cfg('inception_v3.tf_in1')
+  for name in TAGS:
+    assert name in str(e.value)
+
+
+def test_cfg_facts_from_the_sources():
+  # timm default_cfgs / torchvision weight metadata / keras applications.
+  g = ij.get_pretrained_cfg
+  assert g('inception_resnet_v2.tf_in1k').crop_pct == 0.8975
+  assert g('inception_v3.gluon_in1k').mean == (0.485, 0.456, 0.406)
+  assert g('inception_v3.tv_in1k').has_aux
+  assert not g('inception_v3.tf_in1k').has_aux
+  assert round(g('inception_v3.tv_in1k').input_size / g('inception_v3.tv_in1k').crop_pct) \
+      == 342
+  assert g('inception_v1_bn.tv_in1k').input_size == 224
+  assert dict(g('inception_v1_bn.tv_in1k').options)['padding'] == 'symmetric'
+  assert dict(g('inception_v3.tf_in1k').options)['count_include_pad'] is True
+  assert dict(g('inception_v4.tf_in1k').options)['count_include_pad'] is False
+  assert dict(g('inception_v3.keras').options)['bn_scale'] is False
+  for name in TAGS:
+    assert dict(g(name).options)['bn_eps'] == 1e-3
+
+
+def test_manifest_agrees_with_cfgs():
+  with open(MANIFEST, encoding='utf-8') as f:
+    entries = {e['name']: e for e in json.load(f)['weights']}
+  assert set(entries) == TAGS
+  for name, e in entries.items():
+    cfg = ij.get_pretrained_cfg(name)
+    assert (e['arch'], e['tag'], e['source']) == (cfg.arch, cfg.tag, cfg.source)
+    assert (e['url'], e['file_name']) == (cfg.url, cfg.file_name)
+    assert os.path.basename(e['url']) == e['file_name']
+    assert (e['file_hash'], e['hash_algo']) == (cfg.file_hash, cfg.hash_algo)
+    assert (e.get('url_notop'), e.get('file_hash_notop')) == (cfg.url_notop,
+                                                              cfg.file_hash_notop)
+    assert (e['num_classes'], e['label_offset'], e['has_aux']) == (
+        cfg.num_classes, cfg.label_offset, cfg.has_aux)
+    assert (e['input_size'], e['interpolation']) == (cfg.input_size, cfg.interpolation)
+    assert e['crop_pct'] == pytest.approx(cfg.crop_pct, abs=1e-6)
+    assert tuple(e['mean']) == cfg.mean and tuple(e['std']) == cfg.std
+    assert e['options'] == dict(cfg.options)
+    assert (e['reported_top1'], e['reported_top5']) == (cfg.top1, cfg.top5)
+    assert e['license'] == cfg.license
+    assert e['converted_file'] == cfg.converted_file
+    if cfg.source == 'torchvision':
+      # torchvision file names carry the first 8 hex digits of the sha256.
+      assert e['file_name'].split('-')[-1].split('.')[0] == e['file_hash']
+
+
+def test_transform_input_is_mean_std_one_half():
+  # torchvision googlenet/inception _transform_input, per channel c:
+  #   x_c' = x_c * (std_c / 0.5) + (mean_c - 0.5) / 0.5
+  # applied to x = (img - mean) / std gives (img - 0.5) / 0.5.
+  mean, std = np.array(pretrained.IMAGENET_MEAN), np.array(pretrained.IMAGENET_STD)
+  img = np.random.default_rng(0).random((4, 5, 3))
+  x = (img - mean) / std
+  tv = x * (std / 0.5) + (mean - 0.5) / 0.5
+  for name in ('inception_v1_bn.tv_in1k', 'inception_v3.tv_in1k'):
+    cfg = ij.get_pretrained_cfg(name)
+    ours = (img - np.array(cfg.mean)) / np.array(cfg.std)
+    np.testing.assert_allclose(ours, tv, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------
+# Loading converted files (synthetic arrays with the network's shapes).
+
+def _random_arrays(name, **options):
+  cfg = ij.get_pretrained_cfg(name)
+  abstract = nnx.eval_shape(lambda: ij.create_model(cfg.arch, **dict(cfg.options),
+                                                    **options))
+  rng = np.random.default_rng(0)
+  out = {}
+  for k, v in weights.flat_state(abstract).items():
+    a = rng.normal(0, 0.05, v.shape).astype(np.float32)
+    out[k] = np.abs(a) + 0.5 if k.endswith('/var') else a
+  return out
+
+
+def _write(path, name, arrays):
+  cfg = ij.get_pretrained_cfg(name)
+  config = {**cfg.to_dict(), 'include_top': 'Logits/kernel' in arrays}
+  weights.save(str(path), arrays, config)
+  return str(path)
+
+
+@pytest.fixture(scope='module')
+def v3_files(tmp_path_factory):
+  d = tmp_path_factory.mktemp('v3')
+  full = _random_arrays('inception_v3.tf_in1k')
+  with_aux = _random_arrays('inception_v3.tv_in1k', aux_logits=True)
+  notop = {k: v for k, v in full.items() if not k.startswith('Logits/')}
+  return {
+      'arrays': full, 'aux_arrays': with_aux,
+      'full': _write(d / 'full.safetensors', 'inception_v3.tf_in1k', full),
+      'aux': _write(d / 'aux.safetensors', 'inception_v3.tv_in1k', with_aux),
+      'notop': _write(d / 'notop.safetensors', 'inception_v3.tf_in1k', notop),
+  }
+
+
+def test_load_is_exact_and_sets_tag_options(v3_files):
+  m = ij.create_model('inception_v3.tf_in1k', pretrained=v3_files['full'])
+  got = weights.to_numpy(m)
+  assert set(got) == set(v3_files['arrays'])
+  for k, v in v3_files['arrays'].items():
+    np.testing.assert_array_equal(got[k], v, err_msg=k)
+  assert dict(m.options)['count_include_pad'] is True
+  assert m.pretrained_cfg.name == 'inception_v3.tf_in1k'
+  assert m.deterministic  # eval mode
+  # The dropout RNG stream is materialised and usable (train mode needs it).
+  mask = m.dropout(np.ones((4, 64), np.float32), deterministic=False)
+  assert 0 < float((np.asarray(mask) == 0).mean()) < 0.6  # rate 0.2
+  assert m.dropout.rngs.key[...].dtype == jax.random.key(0).dtype
+
+
+def test_arch_name_with_path_uses_the_file_tag(v3_files):
+  m = ij.create_model('inception_v3', pretrained=v3_files['full'])
+  assert m.pretrained_cfg.name == 'inception_v3.tf_in1k'
+
+
+def test_new_num_classes_keeps_backbone_and_reinitialises_head(v3_files):
+  m = ij.create_model('inception_v3.tf_in1k', pretrained=v3_files['full'], num_classes=7,
+                      rngs=nnx.Rngs(3))
+  got = weights.to_numpy(m)
+  assert got['Logits/kernel'].shape == (2048, 7)
+  np.testing.assert_array_equal(got['Mixed_7c/Branch_3/Conv2d_0b_1x1/conv/kernel'],
+                                v3_files['arrays']['Mixed_7c/Branch_3/Conv2d_0b_1x1/conv/kernel'])
+  # LeCun-normal-like init: std about 1/sqrt(2048), not zeros and not file values.
+  assert 0.5 / np.sqrt(2048) < got['Logits/kernel'].std() < 1.5 / np.sqrt(2048)
+
+
+def test_include_top_false_with_full_and_notop_files(v3_files):
+  for key in ('full', 'notop'):
+    m = ij.create_model('inception_v3.tf_in1k', pretrained=v3_files[key],
+                        include_top=False)
+    got = weights.to_numpy(m)
+    assert 'Logits/kernel' not in got
+    assert len(got) == len(v3_files['arrays']) - 2
+
+
+def test_notop_file_with_top_is_a_clear_error(v3_files):
+  with pytest.raises(weights.WeightLoadError, match='include_top=False'):
+    ij.create_model('inception_v3.tf_in1k', pretrained=v3_files['notop'])
+
+
+def test_aux_heads(v3_files):
+  m = ij.create_model('inception_v3.tv_in1k', pretrained=v3_files['aux'], aux_logits=True)
+  np.testing.assert_array_equal(np.asarray(m.AuxLogits.Logits.kernel[...]),
+                                v3_files['aux_arrays']['AuxLogits/Logits/kernel'])
+  # Without aux_logits the heads in the file are not loaded (and not an error).
+  m = ij.create_model('inception_v3.tv_in1k', pretrained=v3_files['aux'])
+  assert not any(k.startswith('AuxLogits') for k in weights.to_numpy(m))
+  with pytest.raises(weights.WeightLoadError, match='no auxiliary classifier'):
+    ij.create_model('inception_v3.tf_in1k', pretrained=v3_files['full'], aux_logits=True)
+
+
+def test_wrong_tag_or_arch_is_a_clear_error(v3_files, tmp_path):
+  with pytest.raises(weights.WeightLoadError, match='inception_v3.tf_in1k, not '
+                     'inception_v3.gluon_in1k'):
+    ij.create_model('inception_v3.gluon_in1k', pretrained=v3_files['full'])
+  # A file that claims another architecture.
+  arrays, config = weights.load(v3_files['full'])
+  config['arch'] = 'inception_v4'
+  weights.save(str(tmp_path / 'v4.safetensors'), arrays, config)
+  with pytest.raises(weights.WeightLoadError, match="not for architecture 'inception_v3'"):
+    ij.create_model('inception_v3.tf_in1k', pretrained=str(tmp_path / 'v4.safetensors'))
+  # Arrays of one tag's options loaded with another's (bn_scale differs).
+  with pytest.raises(weights.WeightLoadError, match='unexpected'):
+    ij.create_model('inception_v3.tf_in1k', pretrained=v3_files['full'], bn_scale=False)
+
+
+def test_truncated_file_is_a_clear_error(v3_files, tmp_path):
+  data = open(v3_files['full'], 'rb').read()
+  bad = tmp_path / 'trunc.safetensors'
+  bad.write_bytes(data[:len(data) // 3])
+  with pytest.raises(weights.WeightLoadError, match='truncated or corrupt'):
+    ij.create_model('inception_v3.tf_in1k', pretrained=str(bad))
+
+
+def test_missing_cached_file_gives_the_command(tmp_path, monkeypatch):
+  monkeypatch.setenv('INCEPTION_JAX_CACHE', str(tmp_path))
+  with pytest.raises(FileNotFoundError,
+                     match='third_party_weights.convert --tag inception_v3.tf_in1k'):
+    ij.create_model('inception_v3.tf_in1k')
+
+
+def test_cache_dir_finds_converted_file(v3_files, tmp_path, monkeypatch):
+  monkeypatch.setenv('INCEPTION_JAX_CACHE', str(tmp_path))
+  cfg = ij.get_pretrained_cfg('inception_v3.tf_in1k')
+  os.symlink(v3_files['full'], tmp_path / cfg.converted_file)
+  m = ij.create_model('inception_v3.tf_in1k', include_top=False)
+  assert m.pretrained_cfg is cfg
+
+
+# ---------------------------------------------------------------------------------
+# Preprocessing.
+
+def test_resize_sizes_match_the_publishers():
+  g = ij.get_pretrained_cfg
+  assert preprocessing.resize_size(g('inception_v3.tv_in1k')) == 342  # torchvision
+  assert preprocessing.resize_size(g('inception_v1_bn.tv_in1k')) == 256  # torchvision
+  assert preprocessing.resize_size(g('inception_v3.tf_in1k')) == 341  # timm: 299/0.875
+  assert preprocessing.resize_size(g('inception_resnet_v2.tf_in1k')) == 333  # 299/0.8975
+
+
+def test_eval_transform_shape_crop_and_normalisation():
+  cfg = ij.get_pretrained_cfg('inception_v3.gluon_in1k')
+  # Left half black, right half white, 600x400 (wide): the crop is centred.
+  img = np.zeros((400, 600, 3), np.uint8)
+  img[:, 300:] = 255
+  x = preprocessing.eval_transform(img, cfg)
+  assert x.shape == (299, 299, 3) and x.dtype == np.float32
+  mean, std = np.array(cfg.mean), np.array(cfg.std)
+  np.testing.assert_allclose(x[150, 0], (0 - mean) / std, atol=1e-6)
+  np.testing.assert_allclose(x[150, -1], (1 - mean) / std, atol=1e-6)
+  # Constant grey 128 with Inception mean/std: 128 / 127.5 - 1.
+  cfg = ij.get_pretrained_cfg('inception_v3.tf_in1k')
+  grey = Image.new('RGB', (320, 500), (128, 128, 128))
+  np.testing.assert_allclose(preprocessing.eval_transform(grey, cfg),
+                             128 / 255 / 0.5 - 1, atol=1e-6)
+
+
+def test_imagenet_classes():
+  names = preprocessing.imagenet_classes()
+  assert len(names) == 1000
+  assert (names[0], names[207], names[999]) == ('tench', 'golden retriever', 'toilet tissue')
+
+
+def test_classify_returns_class_names(v3_files, tmp_path):
+  arrays = dict(v3_files['arrays'])
+  arrays['Logits/kernel'] = np.zeros_like(arrays['Logits/kernel'])
+  bias = np.zeros(1000, np.float32)
+  bias[207], bias[3] = 10.0, 9.0  # golden retriever, then tiger shark
+  arrays['Logits/bias'] = bias
+  path = _write(tmp_path / 'hand.safetensors', 'inception_v3.tf_in1k', arrays)
+  m = ij.create_model('inception_v3.tf_in1k', pretrained=path)
+  cfg = dataclasses.replace(m.pretrained_cfg, input_size=75)  # small and fast
+  img = np.full((90, 120, 3), 100, np.uint8)
+  (top,) = preprocessing.classify(m, cfg, [img], top_k=3)
+  assert [n for n, _ in top[:2]] == ['golden retriever', 'tiger shark']
+  p = np.exp(bias - bias.max()) / np.exp(bias - bias.max()).sum()
+  assert top[0][1] == pytest.approx(p[207], rel=1e-5)
+  assert jax.numpy.isfinite(top[2][1])
