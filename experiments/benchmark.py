@@ -806,6 +806,14 @@ def _mb(v):
   return '-' if not v else f'{v / 2**20:.0f}'
 
 
+def _compile_cell(r: dict, mode: str) -> str:
+  if r.get(f'compile_{mode}_s') is not None:
+    return f"{r[f'compile_{mode}_s']:.2f}"
+  if r.get(f'first_call_{mode}_s') is not None:  # timm/keras: no separate compile
+    return f"({r[f'first_call_{mode}_s']:.2f} first call)"
+  return '-'
+
+
 def render_markdown(report: dict) -> str:
   meta, recs = report['meta'], report['records']
   peak = meta['cpu_peak']
@@ -853,8 +861,7 @@ def render_markdown(report: dict) -> str:
         f"{_f(r.get('ours_over_this_infer'), '{:.2f}')} | "
         f"{_f(r.get('ours_over_this_train'), '{:.2f}')} | "
         f"{_f(r.get('mfu_infer'), pct)} | {_f(r.get('mfu_train'), pct)} | "
-        f"{_f(r.get('compile_infer_s'), '{:.2f}')} | "
-        f"{_f(r.get('compile_train_s'), '{:.2f}')} | {warm} | "
+        f"{_compile_cell(r, 'infer')} | {_compile_cell(r, 'train')} | {warm} | "
         f"{_mb(xm_i)}/{_mb(xm_t)} | "
         f"{_mb(r.get('peak_rss_infer_bytes'))}/{_mb(r.get('peak_rss_train_bytes'))} | "
         f"{_mb(r.get('device_peak_bytes'))} |")
