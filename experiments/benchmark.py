@@ -166,6 +166,17 @@ def gpu_peak(device_name: str, dtype: str) -> dict:
           'formula': f'{device_name}: peak unknown to this script'}
 
 
+def _mem_available_bytes() -> int | None:
+  try:
+    with open('/proc/meminfo') as f:
+      for line in f:
+        if line.startswith('MemAvailable:'):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None
+
+
 def cpu_threads() -> int:
   try:
     return len(os.sched_getaffinity(0))
@@ -450,15 +461,23 @@ def _bench_ours_one(jax, jnp, np, nnx, inception_jax, arch, dtype, batch, size, 
       step, st = _local_train_step(model, cfg['remat'])
     rec['train_step_impl'] = impl
     hits0 = events['hits']
-    t = time.perf_counter()
-    lowered = step.lower(*st, x, y)
-    rec['trace_train_s'] = time.perf_counter() - t
-    t = time.perf_counter()
-    compiled = lowered.compile()
-    rec['compile_train_s'] = time.perf_counter() - t
+    if hasattr(step, 'lower'):
+      t = time.perf_counter()
+      lowered = step.lower(*st, x, y)
+      rec['trace_train_s'] = time.perf_counter() - t
+      t = time.perf_counter()
+      compiled = lowered.compile()
+      rec['compile_train_s'] = time.perf_counter() - t
+      rec['xla_flops_train'] = _flops(compiled)
+      rec['xla_memory_train'] = _mem_analysis(compiled)
+    else:  # a plain function around its own jit: the first call traces and compiles
+      lowered, compiled = None, step
+      t = time.perf_counter()
+      out = step(*st, x, y)
+      jax.block_until_ready(out)
+      st[:] = list(out[:len(st)])
+      rec['first_call_train_s'] = time.perf_counter() - t
     rec['cache_hits_train'] = events['hits'] - hits0
-    rec['xla_flops_train'] = _flops(compiled)
-    rec['xla_memory_train'] = _mem_analysis(compiled)
     if not compile_only:
       n_state = len(st)
 
@@ -484,8 +503,9 @@ def run_memory(cfg: dict, emit) -> None:
   from flax import nnx  # pylint: disable=g-import-not-at-top
   import inception_jax  # pylint: disable=g-import-not-at-top
   arch, size, batch, remat = cfg['arch'], cfg['size'], cfg['batch'], cfg['remat']
+  info = _device_info(jax)
   base = {'framework': 'ours', 'kind': 'memory_target', 'arch': arch, 'image_size': size,
-          'batch': batch, 'remat': remat, 'dtype': 'float32', **_device_info(jax)}
+          'batch': batch, 'remat': remat, 'dtype': 'float32', **info}
   try:
     rss0 = process_maxrss_bytes()
     model = create_model_fast(arch)
@@ -497,6 +517,14 @@ def run_memory(cfg: dict, emit) -> None:
     t = time.perf_counter()
     compiled = step.lower(*st, x, y).compile()
     compile_s = time.perf_counter() - t
+    xla_mem = _mem_analysis(compiled)
+    need = xla_mem.get('temp_size_in_bytes', 0) + xla_mem.get('output_size_in_bytes', 0)
+    avail = _mem_available_bytes()
+    if info['platform'] == 'cpu' and avail is not None and need > 0.9 * avail:
+      emit({**base, 'compile_train_s': compile_s, 'xla_memory_train': xla_mem,
+            'error': f'not run: XLA needs {need / 2**20:.0f} MB beyond its inputs, '
+                     f'{avail / 2**20:.0f} MB available (MemAvailable)'})
+      return
     t = time.perf_counter()
     out = compiled(*st, x, y)
     jax.block_until_ready(out)
@@ -504,8 +532,7 @@ def run_memory(cfg: dict, emit) -> None:
     emit({**base, 'compile_train_s': compile_s, 'step_s': step_s,
           'loss': float(out[-1]), 'rss_before_model_bytes': rss0,
           'process_maxrss_bytes': process_maxrss_bytes(),
-          'device_peak_bytes': _device_peak_bytes(jax),
-          'xla_memory_train': _mem_analysis(compiled)})
+          'device_peak_bytes': _device_peak_bytes(jax), 'xla_memory_train': xla_mem})
   except Exception as e:  # pylint: disable=broad-except
     emit(_error(base, e))
 
@@ -738,7 +765,6 @@ def main(argv=None) -> dict:
       cfg = dict(arch=arch, size=int(size), batch=int(batch), remat=remat)
       records += _run_worker(me + ['memory'], cfg, env_jax, tmp, f'memory_{remat}',
                              timeout, log)
-  shutil.rmtree(tmp, ignore_errors=True) if not a.compilation_cache_dir else None
 
   threads = cpu_threads()
   meta = {
@@ -758,6 +784,7 @@ def main(argv=None) -> dict:
   with open(os.path.join(a.results_dir, 'benchmark.md'), 'w') as f:
     f.write(md)
   log(md)
+  shutil.rmtree(tmp, ignore_errors=True)
   return report
 
 
@@ -889,18 +916,16 @@ def render_markdown(report: dict) -> str:
   if mem:
     lines += ['', '## Fine-tuning memory target (one train step, float32, SGD momentum)', '',
               '| arch | size | batch | remat | process peak RSS MB | XLA temp MB | '
-              'device peak MB | compile s | step s |', '|---|---|---|---|---|---|---|---|---|']
+              'device peak MB | compile s | step s | note |',
+              '|---|---|---|---|---|---|---|---|---|---|']
     for r in mem:
-      if 'error' in r:
-        lines.append(f"| {r['arch']} | {r['image_size']} | {r['batch']} | {r['remat']} | "
-                     f"error: {r['error'][:150]} | | | | |")
-        continue
+      note = r.get('error', '')[:200].replace('|', '/')
       lines.append(
-          f"| {r['arch']} | {r['image_size']} | {r['batch']} | {r['remat']} | "
-          f"{_mb(r['process_maxrss_bytes'])} | "
+          f"| {r.get('arch')} | {r.get('image_size')} | {r.get('batch')} | {r.get('remat')} | "
+          f"{_mb(r.get('process_maxrss_bytes'))} | "
           f"{_mb((r.get('xla_memory_train') or {}).get('temp_size_in_bytes'))} | "
-          f"{_mb(r.get('device_peak_bytes'))} | {r['compile_train_s']:.1f} | "
-          f"{r['step_s']:.1f} |")
+          f"{_mb(r.get('device_peak_bytes'))} | {_f(r.get('compile_train_s'))} | "
+          f"{_f(r.get('step_s'))} | {note} |")
   errs = [r for r in recs if 'error' in r and not r.get('framework')
           and r.get('kind') not in ('pipeline', 'memory_target')]
   if errs:
