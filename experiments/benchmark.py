@@ -568,9 +568,13 @@ def run_pipeline(cfg: dict, emit) -> None:
     except ImportError:
       measure = None
     if measure is not None:
-      res = measure(folder, image_size=cfg['image_size'])
-      emit({**base, 'impl': 'experiments.data.measure_pipeline', 'result': res})
-      return
+      try:
+        res = measure(folder, image_size=cfg['image_size'])
+        emit({**base, 'impl': 'experiments.data.measure_pipeline', 'result': res})
+        return
+      except Exception as e:  # pylint: disable=broad-except
+        # Its API may differ from this call; time the plain tf.data pipeline instead.
+        emit({**_error({**base, 'impl': 'experiments.data.measure_pipeline'}, e)})
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     files = sorted(tf.io.gfile.glob(os.path.join(folder, '*', '*.jpg')))
     size = cfg['image_size']
