@@ -60,6 +60,49 @@ def _pair(v):
   return (v, v) if isinstance(v, int) else tuple(v)
 
 
+class BatchNorm(nnx.Module):
+  """BatchNorm over N, H, W with statistics in float32, applied as ``x * a + b``.
+
+  Same variables as ``nnx.BatchNorm`` (``scale`` (optional), ``bias``, ``mean``,
+  ``var``) and the same switch: ``use_running_average``, flipped by
+  ``model.train()`` / ``model.eval()``. Batch variance is the biased one (TF,
+  Keras, Flax). Under a data-sharded ``jit`` the reductions run over the global
+  batch (synchronised BN).
+
+  Written here rather than using ``nnx.BatchNorm`` because its in-place statistic
+  update (``var[...] = ...``) inspects the tracer's sharding on every write, which
+  made tracing a train step quadratic in depth (v4: 25 s instead of 2 s).
+  """
+
+  def __init__(self, num_features: int, *, momentum: float, epsilon: float,
+               use_scale: bool, dtype: Any, param_dtype: Any):
+    self.scale = nnx.Param(jnp.ones((num_features,), param_dtype)) if use_scale else None
+    self.bias = nnx.Param(jnp.zeros((num_features,), param_dtype))
+    self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+    self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+    self.momentum = momentum
+    self.epsilon = epsilon
+    self.dtype = dtype
+    self.use_running_average = True
+
+  def __call__(self, x: Array) -> Array:
+    if self.use_running_average:
+      mean, var = self.mean[...], self.var[...]
+    else:
+      xf = x.astype(jnp.float32)
+      mean = jnp.mean(xf, axis=(0, 1, 2))
+      var = jnp.maximum(jnp.mean(jnp.square(xf), axis=(0, 1, 2)) - jnp.square(mean), 0.0)
+      m = self.momentum
+      self.mean.set_value(jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * mean))
+      self.var.set_value(jax.lax.stop_gradient(m * self.var[...] + (1 - m) * var))
+    a = jax.lax.rsqrt(var + self.epsilon)
+    if self.scale is not None:
+      a = a * self.scale[...].astype(jnp.float32)
+    b = self.bias[...].astype(jnp.float32) - mean * a
+    dtype = self.dtype or x.dtype
+    return x.astype(dtype) * a.astype(dtype) + b.astype(dtype)
+
+
 def window_pads(size: int, kernel: int, stride: int, padding: str, style: str,
                 ceil_pool: bool = False) -> tuple[int, int]:
   """(low, high) padding of one spatial axis; see ``specs.window_out_size``."""
@@ -70,7 +113,7 @@ def window_pads(size: int, kernel: int, stride: int, padding: str, style: str,
     total = max((out - 1) * stride + kernel - size, 0)
     return (total // 2, total - total // 2)
   if ceil_pool and stride > 1:
-    out = math.ceil((size - kernel) / stride) + 1
+    out = specs.window_out_size(size, kernel, stride, padding, style, ceil_pool)
     return (0, max((out - 1) * stride + kernel - size, 0))
   p = (kernel - 1) // 2
   return (p, p)
@@ -104,7 +147,7 @@ class ConvBN(nnx.Module):
           in_channels, mid, self.kernel_size, strides=spec.stride, padding='VALID',
           feature_group_count=in_channels, use_bias=False, dtype=num.dtype,
           param_dtype=num.param_dtype, kernel_init=init, rngs=rngs)
-      self.conv = nnx.Conv(mid, spec.filters, 1, padding='VALID', use_bias=use_bias,
+      self.conv = nnx.Conv(mid, spec.filters, (1, 1), padding='VALID', use_bias=use_bias,
                            dtype=num.dtype, param_dtype=num.param_dtype,
                            kernel_init=init, rngs=rngs)
     else:
@@ -113,10 +156,10 @@ class ConvBN(nnx.Module):
           in_channels, spec.filters, self.kernel_size, strides=spec.stride,
           padding='VALID', use_bias=use_bias, dtype=num.dtype,
           param_dtype=num.param_dtype, kernel_init=init, rngs=rngs)
-    self.bn = nnx.BatchNorm(
-        spec.filters, use_running_average=True, momentum=num.bn_momentum,
-        epsilon=num.bn_eps, use_scale=num.bn_scale, dtype=num.dtype,
-        param_dtype=num.param_dtype, rngs=rngs) if use_bn else None
+    self.bn = BatchNorm(
+        spec.filters, momentum=num.bn_momentum, epsilon=num.bn_eps,
+        use_scale=num.bn_scale, dtype=num.dtype,
+        param_dtype=num.param_dtype) if use_bn else None
 
   def _pad(self, x: Array) -> Array:
     (kh, kw), s = self.kernel_size, self.stride
@@ -255,7 +298,9 @@ class Repeat(nnx.Module):
     setattr(self, spec.block.name, make(rngs))
 
   def __call__(self, x: Array) -> Array:
-    @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+    # Tree mode (graph=False): graph mode refuses Variables created outside the
+    # current trace, so a model called under plain jax.jit/jax.eval_shape failed.
+    @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry, graph=False)
     def step(h, block):
       return block(h)
 
