@@ -40,6 +40,8 @@ def run(cfg: dict, emit) -> None:
     for fw, compiled in variants:
       for dtype in cfg['dtypes']:
         for batch in cfg['batch_sizes']:
+          if source.startswith('torchvision'):
+            fw = fw.replace('timm', 'torchvision')
           base = {'framework': fw, 'arch': arch, 'dtype': dtype, 'batch': batch,
                   'image_size': size, 'source': source, **info}
           try:

@@ -868,7 +868,8 @@ def render_markdown(report: dict) -> str:
   ]
   rows = [r for r in recs if r.get('framework') and 'kind' not in r
           and r.get('cache_process') != 'warm']
-  order = {'ours': 0, 'timm': 1, 'timm_compiled': 2, 'keras': 3}
+  order = {'ours': 0, 'timm': 1, 'timm_compiled': 2, 'torchvision': 1,
+           'torchvision_compiled': 2, 'keras': 3}
   rows.sort(key=lambda r: (r.get('arch', ''), r.get('dtype', ''), r.get('batch', 0),
                            order.get(r.get('framework'), 9)))
   for r in rows:
@@ -896,6 +897,11 @@ def render_markdown(report: dict) -> str:
         f"{_mb(xm_i)}/{_mb(xm_t)} | "
         f"{_mb(r.get('peak_rss_infer_bytes'))}/{_mb(r.get('peak_rss_train_bytes'))} | "
         f"{_mb(r.get('device_peak_bytes'))} |")
+  sources = sorted({f"{r['framework']} {r['arch']} = {r['source']}" for r in rows
+                     if r.get('source')})
+  if sources:
+    lines += ['', 'Reference models (random init, PyTorch eager / Keras on JAX): ' +
+              '; '.join(sources) + '.']
   flops_rows = {(r['arch'], r['image_size']): r['flops_per_image'] for r in rows
                 if r.get('flops_per_image')}
   if flops_rows:
