@@ -841,7 +841,9 @@ def _mb(v):
 
 def _compile_cell(r: dict, mode: str) -> str:
   if r.get(f'compile_{mode}_s') is not None:
-    return f"{r[f'compile_{mode}_s']:.2f}"
+    trace = r.get(f'trace_{mode}_s')
+    extra = f' (+{trace:.2f} trace)' if trace is not None else ''
+    return f"{r[f'compile_{mode}_s']:.2f}{extra}"
   if r.get(f'first_call_{mode}_s') is not None:  # timm/keras: no separate compile
     return f"({r[f'first_call_{mode}_s']:.2f} first call)"
   return '-'
@@ -858,7 +860,9 @@ def render_markdown(report: dict) -> str:
       'compilation excluded). bfloat16 = ' + meta['bf16_meaning'] + '. '
       'ours/theirs > 1 means ours is faster. MFU = images/s x model FLOPs per image / '
       'peak; model FLOPs per image = XLA cost analysis of our forward '
-      '(`compiled.cost_analysis()["flops"]` / batch), x3 for a train step.',
+      '(`compiled.cost_analysis()["flops"]` / batch), x3 for a train step. '
+      'Compile = `lowered.compile()` wall time; trace = `jit(f).lower(...)` (Python '
+      'tracing + StableHLO), shown separately.',
       f"Peak used on CPU: {peak['formula']}. On GPU: the card's dense bf16 (bfloat16 "
       'rows) or TF32 (float32 rows) tensor peak.', '',
       '## Throughput', '',
