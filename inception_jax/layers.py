@@ -135,42 +135,38 @@ class ConvBN(nnx.Module):
       use_bias = num.conv_bias
     else:
       use_bias = not use_bn
-    self.kernel_size = _pair(spec.kernel)
-    self.stride = spec.stride
-    self.padding = spec.padding
-    self.style = num.padding
     self.activation = spec.activation
+    self.stride = spec.stride
+    kernel_size = _pair(spec.kernel)
+    # 'tf' is XLA's own SAME rule; 'symmetric' pads (k-1)//2 on both sides. Both are
+    # static, so the padding goes into the conv (a separate pad op would survive in
+    # the backward pass).
+    if spec.padding == 'VALID':
+      padding = 'VALID'
+    elif num.padding == 'tf':
+      padding = 'SAME'
+    else:
+      padding = tuple(((k - 1) // 2, (k - 1) // 2) for k in kernel_size)
     init = _relu_init if spec.activation else _linear_init
+    common = dict(use_bias=False, dtype=num.dtype, param_dtype=num.param_dtype,
+                  kernel_init=init, rngs=rngs)
     if isinstance(spec, specs.SeparableConv):
       mid = in_channels * spec.depth_multiplier
-      self.depthwise = nnx.Conv(
-          in_channels, mid, self.kernel_size, strides=spec.stride, padding='VALID',
-          feature_group_count=in_channels, use_bias=False, dtype=num.dtype,
-          param_dtype=num.param_dtype, kernel_init=init, rngs=rngs)
-      self.conv = nnx.Conv(mid, spec.filters, (1, 1), padding='VALID', use_bias=use_bias,
-                           dtype=num.dtype, param_dtype=num.param_dtype,
-                           kernel_init=init, rngs=rngs)
+      self.depthwise = nnx.Conv(in_channels, mid, kernel_size, strides=spec.stride,
+                                padding=padding, feature_group_count=in_channels,
+                                **common)
+      self.conv = nnx.Conv(mid, spec.filters, (1, 1), padding='VALID',
+                           **{**common, 'use_bias': use_bias})
     else:
       self.depthwise = None
-      self.conv = nnx.Conv(
-          in_channels, spec.filters, self.kernel_size, strides=spec.stride,
-          padding='VALID', use_bias=use_bias, dtype=num.dtype,
-          param_dtype=num.param_dtype, kernel_init=init, rngs=rngs)
+      self.conv = nnx.Conv(in_channels, spec.filters, kernel_size, strides=spec.stride,
+                           padding=padding, **{**common, 'use_bias': use_bias})
     self.bn = BatchNorm(
         spec.filters, momentum=num.bn_momentum, epsilon=num.bn_eps,
         use_scale=num.bn_scale, dtype=num.dtype,
         param_dtype=num.param_dtype) if use_bn else None
 
-  def _pad(self, x: Array) -> Array:
-    (kh, kw), s = self.kernel_size, self.stride
-    ph = window_pads(x.shape[1], kh, s, self.padding, self.style)
-    pw = window_pads(x.shape[2], kw, s, self.padding, self.style)
-    if ph == (0, 0) and pw == (0, 0):
-      return x
-    return jnp.pad(x, ((0, 0), ph, pw, (0, 0)))
-
   def __call__(self, x: Array) -> Array:
-    x = self._pad(x)
     if self.depthwise is not None:
       x = self.depthwise(x)
     x = self.conv(x)
