@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 from typing import Any, Iterator
 
@@ -103,6 +104,12 @@ class Augmentation:
   'constant'); flips happen with probability 0.5.
   ``random_resized_crop`` is the Inception crop (area 8%-100%, aspect 3/4-4/3)
   taken from the decoded image before resizing.
+
+  The transform matrix equals Keras ``apply_affine_transform``'s (tested side by
+  side), with two deliberate differences: the centre is the true image centre
+  (Keras's is off for non-square images), and ``width_shift_range`` moves the
+  image horizontally as documented (Keras's legacy generator feeds
+  ``height_shift_range`` to the horizontal shift and vice versa).
   """
   horizontal_flip: bool = False
   vertical_flip: bool = False
@@ -290,7 +297,8 @@ def _check_image(path: str, cache_dir: str) -> tuple[str | None, str]:
   key = hashlib.sha1(f'{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}'.encode())
   out = os.path.join(cache_dir, key.hexdigest() + '.png')
   if not os.path.exists(out):
-    tmp = f'{out}.{os.getpid()}.tmp'
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = f'{out}.{os.getpid()}.{threading.get_ident()}.tmp'
     rgb.save(tmp, format='PNG')
     os.replace(tmp, out)
   return out, f'converted: {why}'
