@@ -224,3 +224,20 @@ def test_tfds_dataset_trains(tmp_path):
   with tfds.testing.mock_data(num_examples=32):
     out = run_inprocess(tmp_path, dataset='tfds:mnist', steps=2)
   assert out['steps'] == 2 and np.isfinite(out['val']['val_loss'])
+
+
+@pytest.mark.parametrize('steps,expected', [
+    (44, 0.9),      # 1 - 10/44 = 0.77 -> floor 0.9
+    (500, 0.98),    # 1 - 10/500
+    (5000, 0.99),   # long enough: the architecture's 0.99
+])
+def test_auto_bn_momentum_fits_the_run_length(steps, expected):
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS(['finetune'])
+  with flagsaver.flagsaver(bn_momentum='auto'):
+    assert finetune._bn_momentum('tiny_test_net', steps) == pytest.approx(expected)
+  with flagsaver.flagsaver(bn_momentum='0.95'):
+    assert finetune._bn_momentum('tiny_test_net', steps) == 0.95
+  with flagsaver.flagsaver(bn_momentum='1.5'):
+    with pytest.raises(finetune.RunError, match='bn_momentum'):
+      finetune._bn_momentum('tiny_test_net', steps)
