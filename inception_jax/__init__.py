@@ -4,7 +4,11 @@ Build networks with ``create_model``; see ``list_models()`` for the architecture
 """
 
 # Importing an architecture module registers its table.
+from inception_jax import inception_resnet  # noqa: F401
+from inception_jax import inception_v1  # noqa: F401
+from inception_jax import inception_v2  # noqa: F401
 from inception_jax import inception_v3  # noqa: F401
+from inception_jax import inception_v4  # noqa: F401
 from inception_jax.model import Inception, InceptionOutput
 from inception_jax.registry import create_model, get_arch, list_models
 

@@ -70,7 +70,7 @@ def window_pads(size: int, kernel: int, stride: int, padding: str, style: str,
     total = max((out - 1) * stride + kernel - size, 0)
     return (total // 2, total - total // 2)
   if ceil_pool and stride > 1:
-    out = math.ceil((size - kernel) / stride) + 1
+    out = specs.window_out_size(size, kernel, stride, padding, style, ceil_pool)
     return (0, max((out - 1) * stride + kernel - size, 0))
   p = (kernel - 1) // 2
   return (p, p)
@@ -104,7 +104,7 @@ class ConvBN(nnx.Module):
           in_channels, mid, self.kernel_size, strides=spec.stride, padding='VALID',
           feature_group_count=in_channels, use_bias=False, dtype=num.dtype,
           param_dtype=num.param_dtype, kernel_init=init, rngs=rngs)
-      self.conv = nnx.Conv(mid, spec.filters, 1, padding='VALID', use_bias=use_bias,
+      self.conv = nnx.Conv(mid, spec.filters, (1, 1), padding='VALID', use_bias=use_bias,
                            dtype=num.dtype, param_dtype=num.param_dtype,
                            kernel_init=init, rngs=rngs)
     else:
@@ -255,7 +255,9 @@ class Repeat(nnx.Module):
     setattr(self, spec.block.name, make(rngs))
 
   def __call__(self, x: Array) -> Array:
-    @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+    # Tree mode (graph=False): graph mode refuses Variables created outside the
+    # current trace, so a model called under plain jax.jit/jax.eval_shape failed.
+    @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry, graph=False)
     def step(h, block):
       return block(h)
 

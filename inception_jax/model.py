@@ -84,7 +84,9 @@ class Inception(nnx.Module):
     if opts['aux_logits'] and not spec.aux_heads:
       raise ValueError(f'{spec.name} has no auxiliary classifier; drop aux_logits=True')
     if opts['aux_logits'] and not include_top:
-      raise ValueError('aux_logits=True needs include_top=True')
+      if options.get('aux_logits'):
+        raise ValueError('aux_logits=True needs include_top=True')
+      opts['aux_logits'] = False  # an architecture default (GoogLeNet); no head, no aux
 
     self.arch = spec.name
     self.default_size = spec.default_size

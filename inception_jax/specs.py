@@ -42,7 +42,12 @@ def window_out_size(size: int, kernel: int, stride: int, padding: PaddingSpec,
   if style == 'tf':
     return math.ceil(size / stride)
   if ceil_pool and stride > 1:
-    return math.ceil((size - kernel) / stride) + 1 if size >= kernel else 0
+    # PyTorch ceil_mode: the last window may run past the end (even when the input
+    # is smaller than the window) but must start inside the input.
+    out = math.ceil((size - kernel) / stride) + 1
+    if (out - 1) * stride >= size:
+      out -= 1
+    return max(out, 0)
   p = (kernel - 1) // 2
   return (size + 2 * p - kernel) // stride + 1 if size + 2 * p >= kernel else 0
 

@@ -14,8 +14,16 @@ import inception_jax as ij
 ALL = ij.list_models()
 
 
-def _abstract(model, x_shape):
-  return jax.eval_shape(model, jax.ShapeDtypeStruct(x_shape, jnp.float32))
+def _abstract(model, x_shape, method='__call__', dtype=jnp.float32):
+  """Output shapes of ``model.method`` without computing (works on abstract models)."""
+  graphdef, state = nnx.split(model)
+  fn = lambda st, x: getattr(nnx.merge(graphdef, st), method)(x)
+  return jax.eval_shape(fn, state, jax.ShapeDtypeStruct(x_shape, dtype))
+
+
+def _model(name, **kw):
+  """An abstract model: shapes and dtypes only, no parameter initialisation."""
+  return nnx.eval_shape(lambda: ij.create_model(name, **kw))
 
 
 def _snapshot(model, kind):
@@ -36,26 +44,23 @@ def test_registry_names():
 
 @pytest.mark.parametrize('name', ALL)
 def test_default_size_logits_and_features(name):
-  model = ij.create_model(name, num_classes=7)
+  model = _model(name, num_classes=7)
   size = ij.get_arch(name).default_size
   out = _abstract(model, (2, size, size, 3))
   assert out.shape == (2, 7) and out.dtype == jnp.float32
-  feats = jax.eval_shape(model.features, jax.ShapeDtypeStruct((2, size, size, 3),
-                                                               jnp.float32))
+  feats = _abstract(model, (2, size, size, 3), 'features')
   assert list(feats) == list(model.layer_names)
   last = list(feats.values())[-1]
   assert last.shape[-1] == model.num_features
-  pooled = _abstract(ij.create_model(name, include_top=False, pooling='max'),
-                     (2, size, size, 3))
+  pooled = _abstract(_model(name, include_top=False, pooling='max'), (2, size, size, 3))
   assert pooled.shape == (2, model.num_features)
-  fmap = _abstract(ij.create_model(name, include_top=False, pooling=None),
-                   (2, size, size, 3))
+  fmap = _abstract(_model(name, include_top=False, pooling=None), (2, size, size, 3))
   assert fmap.shape == last.shape
 
 
 @pytest.mark.parametrize('name', ALL)
 def test_min_input_size_is_exact(name):
-  model = ij.create_model(name)
+  model = _model(name)
   m = model.min_input_size
   assert _abstract(model, (1, m, m, 3)).shape == (1, 1000)
   with pytest.raises(ValueError, match=f'at least {m}x{m}'):
@@ -64,14 +69,14 @@ def test_min_input_size_is_exact(name):
 
 @pytest.mark.parametrize('name', ALL)
 def test_bad_inputs_and_options(name):
-  model = ij.create_model(name)
+  model = _model(name)
   size = ij.get_arch(name).default_size
   with pytest.raises(ValueError, match='channels'):
     _abstract(model, (1, size, size, 1))
   with pytest.raises(ValueError, match='NCHW'):
     _abstract(model, (1, 3, size, size))
   with pytest.raises(TypeError, match='float'):
-    jax.eval_shape(model, jax.ShapeDtypeStruct((1, size, size, 3), jnp.uint8))
+    _abstract(model, (1, size, size, 3), dtype=jnp.uint8)
   with pytest.raises(ValueError, match='unknown option.*valid options'):
     ij.create_model(name, drop_rate=0.1)
   with pytest.raises(ValueError, match='pooling'):
@@ -80,17 +85,20 @@ def test_bad_inputs_and_options(name):
     ij.create_model(name, pooling=None)
 
 
+def _dead_params(grads):
+  flat = jax.tree_util.tree_flatten_with_path(nnx.state(grads, nnx.Param))[0]
+  return [jax.tree_util.keystr(p) for p, g in flat if not np.any(np.asarray(g) != 0)]
+
+
 @pytest.mark.parametrize('name', ALL)
 def test_small_forward_train_and_eval(name):
   """Eval is deterministic and leaves BN alone; train updates BN and reaches every param."""
-  spec = ij.get_arch(name)
-  aux = bool(spec.aux_heads)
-  model = ij.create_model(name, num_classes=5, aux_logits=aux, rngs=nnx.Rngs(1))
-  size = model.min_input_size_aux if aux else model.min_input_size
-  # The smallest valid input keeps the CPU cost low; aux heads need more.
+  model = ij.create_model(name, num_classes=5, rngs=nnx.Rngs(1))
+  size = model.min_input_size  # the smallest valid input keeps the CPU cost low
   x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
   stats = _snapshot(model, nnx.BatchStat)
-  y1, y2 = model(x), model(x)
+  forward = nnx.jit(lambda m, x: m(x))
+  y1, y2 = forward(model, x), forward(model, x)
   assert isinstance(y1, jax.Array) and y1.shape == (2, 5)
   assert np.isfinite(np.asarray(y1)).all()
   np.testing.assert_array_equal(y1, y2)
@@ -98,24 +106,53 @@ def test_small_forward_train_and_eval(name):
     np.testing.assert_array_equal(a, b)
 
   model.train()
-
-  def loss_fn(m):
-    out = m(x)
-    if aux:
-      assert isinstance(out, ij.InceptionOutput)
-      assert set(out.aux_logits) == {h.name for h in spec.aux_heads}
-      return jnp.sum(out.logits ** 2) + sum(jnp.sum(a ** 2) for a in out.aux_logits.values())
-    assert isinstance(out, jax.Array)
-    return jnp.sum(out ** 2)
-
-  grads = nnx.grad(loss_fn)(model)
-  flat = jax.tree_util.tree_flatten_with_path(nnx.state(grads, nnx.Param))[0]
-  dead = [jax.tree_util.keystr(p) for p, g in flat
-          if not np.any(np.asarray(g) != 0)]
+  y3 = forward(model, x)
+  assert isinstance(y3, jax.Array)  # no aux heads built: plain logits in train mode
+  assert not np.allclose(y1, y3)  # batch statistics (and dropout) in train mode
+  grads = nnx.jit(nnx.grad(lambda m: jnp.sum(m(x) ** 2)))(model)
+  dead = _dead_params(grads)
   assert not dead, f'parameters without gradient: {dead[:5]}'
-  if ij.create_model(name).options and dict(model.options)['batch_norm']:
+  if dict(model.options)['batch_norm']:
     changed = [not np.array_equal(a, b)
                for a, b in zip(stats, _snapshot(model, nnx.BatchStat))]
     assert all(changed)
-  model.eval()
-  assert isinstance(model(x), jax.Array)
+  model.eval()  # deterministic again, now with the updated running statistics
+  y4 = forward(model, x)
+  np.testing.assert_array_equal(y4, forward(model, x))
+
+
+AUX = [n for n in ALL if ij.get_arch(n).aux_heads]
+
+
+@pytest.mark.parametrize('name', AUX)
+def test_aux_logits_only_in_train_mode(name):
+  spec = ij.get_arch(name)
+  model = _model(name, num_classes=5, aux_logits=True)
+  size = spec.default_size
+  assert _abstract(model, (2, size, size, 3)).shape == (2, 5)  # eval: logits only
+  model.train()
+  out = _abstract(model, (2, size, size, 3))
+  assert isinstance(out, ij.InceptionOutput)
+  assert out.logits.shape == (2, 5)
+  assert {k: v.shape for k, v in out.aux_logits.items()} == {
+      h.name: (2, 5) for h in spec.aux_heads}
+  assert size >= model.min_input_size_aux
+  with pytest.raises(ValueError, match='aux_logits=True in train mode'):
+    m = model.min_input_size_aux - 1
+    _abstract(model, (1, m, m, 3))
+
+
+@pytest.mark.parametrize('name', AUX)
+def test_aux_head_gradients(name):
+  """Every aux-head parameter gets a gradient (heads run on endpoint-shaped input)."""
+  spec = ij.get_arch(name)
+  model = ij.create_model(name, num_classes=5, aux_logits=True)
+  model.train()
+  sizes = spec.endpoint_sizes(spec.default_size, dict(model.options)['padding'])
+  channels = spec.channels()
+  for head in spec.aux_heads:
+    h, w = sizes[head.endpoint]
+    x = jax.random.normal(jax.random.key(3), (2, h, w, channels[head.endpoint]))
+    module = getattr(model, head.name)
+    grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(module)
+    assert not _dead_params(grads), head.name

@@ -1,0 +1,97 @@
+"""Padding, pooling and LRN numerics against hand computation and lax references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from inception_jax import layers
+from inception_jax import specs
+
+
+@pytest.mark.parametrize('size,k,s,expected', [
+    (224, 7, 2, (2, 3)),  # GoogLeNet conv1: TF pads (2, 3), PyTorch (3, 3)
+    (112, 3, 2, (0, 1)),
+    (299, 3, 2, (1, 1)),
+    (35, 3, 1, (1, 1)),
+])
+def test_tf_same_pads(size, k, s, expected):
+  assert layers.window_pads(size, k, s, 'SAME', 'tf') == expected
+  # JAX's own SAME rule agrees.
+  assert tuple(jax.lax.padtype_to_pads((size,), (k,), (s,), 'SAME')[0]) == expected
+
+
+def test_symmetric_and_ceil_mode_pads():
+  assert layers.window_pads(224, 7, 2, 'SAME', 'symmetric') == (3, 3)
+  # ceil_mode=True max pool 3x3/2 on 112: ceil((112-3)/2)+1 = 56 windows, last one
+  # reaches one pixel past the end.
+  assert layers.window_pads(112, 3, 2, 'SAME', 'symmetric', ceil_pool=True) == (0, 1)
+  assert specs.window_out_size(112, 3, 2, 'SAME', 'symmetric', ceil_pool=True) == 56
+  assert specs.window_out_size(111, 3, 2, 'SAME', 'symmetric', ceil_pool=True) == 55
+  assert specs.window_out_size(111, 3, 2, 'SAME', 'tf') == 56
+
+
+def _conv(spec, num, in_ch=2):
+  return layers.ConvBN(spec, in_ch, num, rngs=nnx.Rngs(0))
+
+
+def test_conv_tf_same_equals_lax_same():
+  num = layers.Numerics(batch_norm=False)
+  conv = _conv(specs.Conv('c', 3, 7, stride=2, bias=False, activation=False), num)
+  x = jax.random.normal(jax.random.key(1), (1, 224, 224, 2))
+  ref = jax.lax.conv_general_dilated(x, conv.conv.kernel[...], (2, 2), 'SAME',
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  np.testing.assert_allclose(conv(x), ref, rtol=1e-5, atol=1e-5)
+  sym = _conv(specs.Conv('c', 3, 7, stride=2, bias=False, activation=False),
+              layers.Numerics(batch_norm=False, padding='symmetric'))
+  ref_sym = jax.lax.conv_general_dilated(x, sym.conv.kernel[...], (2, 2), ((3, 3), (3, 3)),
+                                         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  np.testing.assert_allclose(sym(x), ref_sym, rtol=1e-5, atol=1e-5)
+  assert not np.allclose(conv(x), sym(x))
+
+
+def test_max_pool_ceil_mode_by_hand():
+  pool = layers.Pool(specs.Pool('p', 'max', 3, 2), layers.Numerics(padding='symmetric'))
+  x = jnp.arange(25.0).reshape(1, 5, 5, 1)
+  # ceil_mode: windows start at 0, 2 (and would start at 4: ceil((5-3)/2)+1 = 2).
+  y = pool(x)
+  assert y.shape == (1, 2, 2, 1)
+  np.testing.assert_array_equal(y[0, :, :, 0], [[12, 14], [22, 24]])
+  x6 = jnp.arange(36.0).reshape(1, 6, 6, 1)
+  y6 = pool(x6)  # ceil((6-3)/2)+1 = 3 windows; the last covers rows 4..5 only
+  assert y6.shape == (1, 3, 3, 1)
+  assert float(y6[0, 2, 2, 0]) == 35.0
+
+
+def test_batchnorm_without_scale_and_eps():
+  num = layers.Numerics(bn_scale=False, bn_eps=1e-3)
+  conv = _conv(specs.Conv('c', 4, 1), num)
+  assert conv.bn.scale is None and conv.bn.epsilon == 1e-3
+  conv.bn.mean[...] = jnp.full((4,), 0.5)
+  conv.bn.var[...] = jnp.full((4,), 3.0)
+  conv.bn.bias[...] = jnp.full((4,), 0.25)
+  x = jax.random.normal(jax.random.key(2), (1, 3, 3, 2))
+  z = np.asarray(x) @ np.asarray(conv.conv.kernel[0, 0])
+  expected = np.maximum((z - 0.5) / np.sqrt(3.0 + 1e-3) + 0.25, 0)
+  np.testing.assert_allclose(conv(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_lrn_by_hand():
+  lrn = layers.LocalResponseNorm(specs.LRN('lrn', size=3, alpha=0.3, beta=0.5, k=2.0))
+  x = jnp.array([1.0, 2.0, 3.0, 4.0]).reshape(1, 1, 1, 4)
+  y = np.asarray(lrn(x))[0, 0, 0]
+  sq = np.array([1, 4, 9, 16.0])
+  windows = [sq[0:2].sum(), sq[0:3].sum(), sq[1:4].sum(), sq[2:4].sum()]
+  expected = [v / (2.0 + 0.3 / 3 * w) ** 0.5 for v, w in zip([1, 2, 3, 4], windows)]
+  np.testing.assert_allclose(y, expected, rtol=1e-6)
+
+
+def test_adaptive_avg_pool_by_hand():
+  x = jnp.arange(14.0 * 14).reshape(1, 14, 14, 1)
+  y = layers.adaptive_avg_pool(x, 4)
+  # PyTorch bins on 14: [0,4), [3,7), [7,11), [10,14).
+  xn = np.asarray(x)[0, :, :, 0]
+  assert y.shape == (1, 4, 4, 1)
+  np.testing.assert_allclose(y[0, 1, 2, 0], xn[3:7, 7:11].mean(), rtol=1e-6)
+  np.testing.assert_allclose(y[0, 3, 0, 0], xn[10:14, 0:4].mean(), rtol=1e-6)
