@@ -511,6 +511,9 @@ def run() -> dict[str, Any]:
       if step % ckpt_every == 0 or end:
         save(step, val)
         last_saved = step
+    if cm is None and val_pipe is not None and step > 0:
+      # Resumed a finished run (or evaluation never fell on a step): score it once.
+      last_val, cm = evaluate(eval_step, state, mesh, val_pipe, ds.num_classes)
     logger.flush()
   finally:
     progress.close()
