@@ -1,0 +1,230 @@
+"""Training checkpoints: orbax ``CheckpointManager`` with latest-N + best retention.
+
+Each step directory holds three items: ``state`` (the ``TrainState`` arrays),
+``metadata`` (JSON: architecture, class names, preprocessing, flags, epoch, data
+position; whatever the caller needs to rebuild and resume the run) and, when the
+tracked metric was given, orbax's ``metrics``. Saves are synchronous and atomic:
+orbax writes into a temporary directory and renames it once complete, so an
+interrupted save never shadows the last good checkpoint.
+
+The state is stored as a flat ``{path: array}`` dict (``params.Mixed_5b...``),
+which keeps the on-disk layout independent of how NNX and optax nest their
+containers and lets typed PRNG keys travel as their raw ``uint32`` data. Restore
+rebuilds the tree of a *target* state (e.g. a fresh ``create_train_state``), with
+each array placed on the target's sharding.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from inception_jax import train as train_lib
+
+_PolicyLib = ocp.checkpoint_managers
+
+
+def _path_key(path) -> str:
+  parts = []
+  for k in path:
+    if isinstance(k, jax.tree_util.DictKey):
+      parts.append(str(k.key))
+    elif isinstance(k, jax.tree_util.GetAttrKey):
+      parts.append(k.name)
+    elif isinstance(k, jax.tree_util.SequenceKey):
+      parts.append(str(k.idx))
+    elif isinstance(k, jax.tree_util.FlattenedIndexKey):
+      parts.append(str(k.key))
+    else:
+      parts.append(str(k))
+  return '.'.join(parts)
+
+
+def _is_key(x) -> bool:
+  return jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _flatten(tree) -> tuple[list[str], list[Any], Any]:
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+  keys = [_path_key(p) for p, _ in leaves]
+  if len(set(keys)) != len(keys):
+    raise ValueError('state paths are not unique after flattening; cannot checkpoint')
+  return keys, [x for _, x in leaves], treedef
+
+
+def _key_impl(x):
+  if isinstance(x, jax.Array):
+    return jax.random.key_impl(x)
+  return x.dtype._impl  # pylint: disable=protected-access  (abstract key arrays)
+
+
+def _key_data_sharding(sharding):
+  if isinstance(sharding, NamedSharding):
+    return NamedSharding(sharding.mesh, P(*sharding.spec))
+  return sharding
+
+
+class CheckpointManager:
+  """Saves and restores ``TrainState`` + metadata under ``directory``.
+
+  Keeps the ``keep`` most recent checkpoints plus the best one by
+  ``best_metric`` (from the ``metrics`` passed to ``save``; checkpoints saved
+  without that metric only count as recent).
+
+  Args:
+    directory: checkpoint root (created if missing).
+    keep: number of most recent checkpoints to keep (>= 1).
+    best_metric: metric name that ranks checkpoints.
+    best_mode: 'max' (accuracies) or 'min' (losses).
+  """
+
+  def __init__(self, directory: str | os.PathLike, keep: int = 3,
+               best_metric: str = 'val_top1', best_mode: str = 'max'):
+    if keep < 1:
+      raise ValueError(f'keep must be >= 1, got {keep}')
+    if best_mode not in ('max', 'min'):
+      raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
+    self.directory = os.path.abspath(os.fspath(directory))
+    self.best_metric = best_metric
+
+    def metric_fn(metrics):
+      return float(metrics[best_metric])
+
+    policy = _PolicyLib.AnyPreservationPolicy([
+        _PolicyLib.LatestN(n=keep),
+        _PolicyLib.BestN(get_metric_fn=metric_fn, reverse=best_mode == 'min', n=1,
+                         keep_checkpoints_without_metrics=False),
+    ])
+    options = ocp.CheckpointManagerOptions(
+        best_fn=metric_fn, best_mode=best_mode, preservation_policy=policy,
+        enable_async_checkpointing=False, create=True)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers=dict(state=ocp.StandardCheckpointHandler(),
+                           metadata=ocp.JsonCheckpointHandler()))
+
+  def save(self, step: int, state: train_lib.TrainState, metadata: dict,
+           metrics: dict | None = None) -> None:
+    """Writes checkpoint ``step`` (blocking, atomic) and prunes old ones.
+
+    Args:
+      step: step number (the directory name).
+      state: the train state (global arrays; every process calls ``save``).
+      metadata: JSON-serialisable dict (arch, class names, preprocessing, flags,
+        epoch, data position ...).
+      metrics: JSON-able scalars; must contain ``best_metric`` to compete for best.
+    """
+    keys, leaves, _ = _flatten(state)
+    flat = {k: (jax.random.key_data(x) if _is_key(x) else x) for k, x in zip(keys, leaves)}
+    if metrics is not None:
+      metrics = {k: float(v) for k, v in metrics.items()}
+      if self.best_metric not in metrics or not math.isfinite(metrics[self.best_metric]):
+        metrics = None
+    self._manager.save(int(step), args=ocp.args.Composite(
+        state=ocp.args.StandardSave(flat), metadata=ocp.args.JsonSave(metadata)),
+        metrics=metrics)
+    self._manager.wait_until_finished()
+
+  def latest_step(self) -> int | None:
+    """The most recent saved step, or None."""
+    return self._manager.latest_step()
+
+  def best_step(self) -> int | None:
+    """The step with the best ``best_metric``, or None if none was recorded."""
+    if not any(self._manager.metrics(s) for s in self._manager.all_steps()):
+      return None
+    return self._manager.best_step()
+
+  def all_steps(self) -> list[int]:
+    """Every step on disk, ascending."""
+    return sorted(self._manager.all_steps())
+
+  def metadata(self, step: int | None = None) -> dict:
+    """The metadata of ``step`` (default latest) without reading the arrays."""
+    step = self._resolve(step)
+    out = self._manager.restore(step, args=ocp.args.Composite(
+        metadata=ocp.args.JsonRestore()))
+    return dict(out['metadata'])
+
+  def _resolve(self, step: int | None) -> int:
+    if step is None:
+      step = self.latest_step()
+      if step is None:
+        raise FileNotFoundError(f'no checkpoint in {self.directory}')
+    if step not in self._manager.all_steps():
+      raise FileNotFoundError(f'no checkpoint for step {step} in {self.directory}; '
+                              f'available: {self.all_steps()}')
+    return step
+
+  def restore(self, step: int | None,
+              target: train_lib.TrainState) -> tuple[train_lib.TrainState, dict]:
+    """Reads checkpoint ``step`` (None = latest) into the structure of ``target``.
+
+    Args:
+      step: step to restore, or None for the latest.
+      target: a state of the same model and optimizer (e.g. fresh from
+        ``create_train_state``, or its ``jax.eval_shape``); its arrays' shardings
+        say where the restored arrays go.
+
+    Returns:
+      ``(state, metadata)``.
+    """
+    step = self._resolve(step)
+    keys, leaves, treedef = _flatten(target)
+    abstract = {}
+    for k, x in zip(keys, leaves):
+      sharding = getattr(x, 'sharding', None)
+      if _is_key(x):
+        data = jax.eval_shape(jax.random.key_data, x)
+        abstract[k] = jax.ShapeDtypeStruct(data.shape, data.dtype,
+                                           sharding=_key_data_sharding(sharding))
+      else:
+        abstract[k] = jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+    self._check_matches(step, abstract)
+    try:
+      out = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract), metadata=ocp.args.JsonRestore()))
+    except (ValueError, KeyError) as e:
+      raise ValueError(f'checkpoint {step} in {self.directory} does not match the '
+                       f'target state (different model, num_classes or optimizer '
+                       f'config?): {e}') from e
+    flat = out['state']
+    restored = []
+    for k, x in zip(keys, leaves):
+      v = flat[k]
+      if _is_key(x):
+        v = jax.random.wrap_key_data(v, impl=_key_impl(x))
+      restored.append(v)
+    return jax.tree_util.tree_unflatten(treedef, restored), dict(out['metadata'])
+
+  def _check_matches(self, step: int, abstract: dict) -> None:
+    stored = self._manager.item_metadata(step)['state']
+    if stored is None:  # metadata unreadable: leave the check to orbax
+      return
+    stored = {k: tuple(v.shape) for k, v in stored.items()}
+    want = {k: tuple(v.shape) for k, v in abstract.items()}
+    order = lambda k: (not k.startswith('params.'), k)  # parameters first
+    missing = sorted(set(want) - set(stored), key=order)
+    unexpected = sorted(set(stored) - set(want), key=order)
+    shapes = [f'{k}: stored {stored[k]}, target {want[k]}'
+              for k in sorted(set(want) & set(stored), key=order) if stored[k] != want[k]]
+    if missing or unexpected or shapes:
+      def head(xs):
+        return ', '.join(xs[:5]) + (f' ... ({len(xs)} in all)' if len(xs) > 5 else '')
+      raise ValueError(
+          f'checkpoint {step} in {self.directory} does not match the target state '
+          '(a different architecture, num_classes, aux_logits or optimizer config?). '
+          f'Missing from the checkpoint: [{head(missing)}]; not in the target: '
+          f'[{head(unexpected)}]; shape mismatches: [{head(shapes)}]')
+
+  def close(self) -> None:
+    """Waits for pending work and releases the manager."""
+    self._manager.close()
+
+
+__all__ = ['CheckpointManager']
