@@ -196,6 +196,7 @@ class Setup:
   steps_per_epoch: int
   total_steps: int
   pretrained_name: str | None
+  bn_momentum: float
 
 
 def prepare() -> Setup:
@@ -276,7 +277,8 @@ def prepare() -> Setup:
   except ValueError as e:
     raise RunError(str(e)) from None
   return Setup(dataset, model, prep, aug, cfg, steps_per_epoch, total,
-               f'{pcfg.arch}.{pcfg.tag}' if pcfg is not None else None)
+               f'{pcfg.arch}.{pcfg.tag}' if pcfg is not None else None,
+               options['bn_momentum'])
 
 
 # --------------------------------------------------------------------------- progress
@@ -388,7 +390,7 @@ def run() -> dict[str, Any]:
                ds.num_classes, ds.train.num_examples,
                ds.val.num_examples if ds.val else 'no', s.prep.image_size,
                s.prep.image_size, G, jax.device_count(), nproc, s.total_steps,
-               s.steps_per_epoch, epochs, s.model.numerics.bn_momentum)
+               s.steps_per_epoch, epochs, s.bn_momentum)
 
   train_pipe = data_lib.Pipeline(ds.train, s.prep, s.aug, global_batch_size=G,
                                  seed=FLAGS.seed, process_index=pid, process_count=nproc)
@@ -529,6 +531,7 @@ def run() -> dict[str, Any]:
                f'{s.prep.std}, crop_pct {s.prep.crop_pct}, {s.prep.interpolation}',
       'steps': f'{step} ({step / s.steps_per_epoch:.2f} epochs of {s.steps_per_epoch} '
                f'steps, batch {G})',
+      'BatchNorm momentum': f'{s.bn_momentum:g} (--bn_momentum={FLAGS.bn_momentum})',
       'devices': f'{jax.device_count()} x {jax.devices()[0].platform} '
                  f'({nproc} process{"es" if nproc > 1 else ""})',
       'wall time': f'{wall:.1f} s (first step incl. compilation '
