@@ -1,0 +1,602 @@
+r"""Fine-tune (or train from scratch) an Inception network on a small image dataset.
+
+The JAX counterpart of the Keras notebooks that fine-tune InceptionV3 /
+InceptionResNetV2 with ``flow_from_directory``::
+
+  python -m experiments.finetune --arch=inception_resnet_v2
+  python -m experiments.finetune --arch=inception_v3 --pretrained=inception_v3.tf_in1k \
+      --dataset=folder:~/flowers --epochs=10 --freeze=backbone --horizontal_flip
+
+Defaults: the ``digits`` dataset (scikit-learn's 1,797 real 8x8 handwritten digits,
+offline) at the architecture's smallest valid input (75x75 for Inception-v3 and
+Inception-ResNet-v2: the digits carry 8x8 pixels of information, so a larger input
+only costs time), batch 32 and 1 epoch (the Keras ``fit`` defaults), Adam 1e-3
+with a cosine schedule, BatchNorm momentum 'auto' (see ``--bn_momentum``); a few
+minutes on a 2-core CPU. With ``--pretrained`` the default size and preprocessing
+come from the weights. Without it the network trains from scratch (said in the log).
+
+Resumes automatically from the latest checkpoint in ``--workdir``. Outputs:
+``metrics/`` (JSONL + CSV), ``tensorboard/``, ``plots/``, ``summary.md``,
+``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+from absl import app
+from absl import flags
+from absl import logging
+
+_T_PROCESS = time.time()  # wall time counts imports and compilation too
+
+# JAX before TensorFlow (TRAIN_API.md); experiments.data imports TensorFlow.
+import jax
+import numpy as np
+from flax import nnx
+
+import inception_jax
+from inception_jax import checkpoint as checkpoint_lib
+from inception_jax import train as train_lib
+
+from experiments import data as data_lib  # pylint: disable=g-bad-import-order
+from experiments import outputs
+
+FLAGS = flags.FLAGS
+
+# --- model
+flags.DEFINE_string('arch', 'inception_v3', 'Architecture (inception_jax.list_models()) '
+                    'or a pretrained tag arch.tag.')
+flags.DEFINE_string('pretrained', None, 'Converted weights: a file path, or a tag '
+                    '(inception_v3.tf_in1k, or just tf_in1k for --arch). Unset: from scratch.')
+flags.DEFINE_enum('pooling', 'avg', ['avg', 'max'], 'Global pooling before the classifier.')
+flags.DEFINE_float('dropout_rate', None, 'Dropout before the classifier (default: the '
+                   'architecture\'s, 0.2 for most).')
+flags.DEFINE_bool('aux_logits', False, 'Train the auxiliary classifier(s) too.')
+flags.DEFINE_string('bn_momentum', 'auto', 'BatchNorm running-average momentum, or "auto": '
+                    'the architecture\'s (0.99) unless the run is too short for the '
+                    'running averages to forget their initial values, then '
+                    '1 - 10 / steps (at least 0.9).')
+# --- data
+flags.DEFINE_string('dataset', 'digits', '"digits", "folder:PATH" (a sub-folder per '
+                    'class, or PATH/train + PATH/validation|val) or "tfds:NAME".')
+flags.DEFINE_string('data_dir', None, 'TFDS data directory.')
+flags.DEFINE_float('validation_split', 0.2, 'Held-out fraction of each class when the '
+                   'dataset has no validation split (0: no validation).')
+flags.DEFINE_string('cache_dir', None, 'Where converted images of a folder dataset go '
+                    '(default ~/.cache/inception_jax/folders/...).')
+flags.DEFINE_integer('image_size', None, 'Square input side. Default: the weights\' '
+                     'size with --pretrained; for digits the architecture\'s minimum; '
+                     'otherwise the architecture\'s default size (299).')
+flags.DEFINE_integer('batch_size', 32, 'Global batch size (all devices, all processes).')
+flags.DEFINE_integer('epochs', 1, 'Training epochs (ignored when --steps is set); 1 like '
+                     'Keras fit().')
+flags.DEFINE_integer('steps', None, 'Training steps (overrides --epochs).')
+# --- augmentation (Keras ImageDataGenerator names)
+flags.DEFINE_bool('horizontal_flip', False, 'Random left-right flips.')
+flags.DEFINE_bool('vertical_flip', False, 'Random up-down flips.')
+flags.DEFINE_float('rotation_range', 0.0, 'Random rotation in [-r, r] degrees.')
+flags.DEFINE_float('width_shift_range', 0.0, 'Horizontal shift: fraction of the width '
+                   '(< 1) or pixels.')
+flags.DEFINE_float('height_shift_range', 0.0, 'Vertical shift: fraction or pixels.')
+flags.DEFINE_float('shear_range', 0.0, 'Shear angle in [-s, s] degrees.')
+flags.DEFINE_float('zoom_range', 0.0, 'Zoom factors in [1 - z, 1 + z].')
+flags.DEFINE_enum('fill_mode', 'nearest', sorted(data_lib.FILL_MODES),
+                  'How pixels from outside the image are filled.')
+flags.DEFINE_float('cval', 0.0, 'Fill value (0-255) for --fill_mode=constant.')
+flags.DEFINE_bool('random_resized_crop', False, 'Inception-style random crop (8%-100% of '
+                  'the area, aspect 3/4-4/3) before resizing.')
+# --- optimisation
+flags.DEFINE_enum('optimizer', 'adam', ['adam', 'sgd', 'rmsprop'], 'Optimizer.')
+flags.DEFINE_float('learning_rate', 1e-3, 'Peak learning rate.')
+flags.DEFINE_enum('schedule', 'cosine', ['constant', 'cosine', 'exponential'],
+                  'Learning-rate schedule (after the warmup).')
+flags.DEFINE_float('warmup_epochs', 0.0, 'Linear warmup length in epochs.')
+flags.DEFINE_float('decay_rate', 0.94, 'Exponential schedule: factor per decay period.')
+flags.DEFINE_float('decay_epochs', 2.0, 'Exponential schedule: period in epochs.')
+flags.DEFINE_float('momentum', 0.9, 'SGD / RMSProp momentum.')
+flags.DEFINE_float('weight_decay', 0.0, 'Weight decay (decoupled for Adam).')
+flags.DEFINE_float('grad_clip', 0.0, 'Global-norm gradient clipping (0: off).')
+flags.DEFINE_float('label_smoothing', 0.0, 'Label smoothing.')
+flags.DEFINE_float('aux_loss_weight', None, 'Weight of the auxiliary loss (default: 0.4, '
+                   '0.3 for GoogLeNet).')
+flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
+# --- transfer
+flags.DEFINE_string('freeze', 'none', '"none", "backbone" (train only the classifier) or '
+                    'an endpoint name (it and everything before it are frozen).')
+flags.DEFINE_float('backbone_lr_mult', 1.0, 'Learning-rate factor of the backbone.')
+flags.DEFINE_bool('freeze_bn', False, 'BatchNorm uses and keeps its running statistics.')
+# --- run
+flags.DEFINE_string('workdir', '/tmp/inception_finetune', 'Output and checkpoint '
+                    'directory; a run resumes from its latest checkpoint.')
+flags.DEFINE_integer('seed', 0, 'Seed of initialisation, data order and augmentation.')
+flags.DEFINE_integer('eval_every', 0, 'Evaluate every N steps (0: every epoch) and at '
+                     'the end.')
+flags.DEFINE_integer('checkpoint_every', 0, 'Checkpoint every N steps (0: every epoch) '
+                     'and at the end.')
+flags.DEFINE_integer('keep_checkpoints', 3, 'Recent checkpoints kept (plus the best).')
+flags.DEFINE_float('measure_pipeline_seconds', 2.0, 'Time the input pipeline alone '
+                   'for this long before training (0: skip).')
+# --- multi-host
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-host).')
+flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-host).')
+flags.DEFINE_integer('process_id', None, 'Index of this process (multi-host).')
+
+# Flags recorded as hyperparameters (everything but process plumbing).
+_NOT_HPARAMS = ('coordinator_address', 'num_processes', 'process_id', 'workdir')
+
+
+class RunError(Exception):
+  """Stops a run with a message (bad setup before compile, or a NaN loss)."""
+
+
+def _flag_values() -> dict[str, Any]:
+  names = [f.name for f in FLAGS.get_key_flags_for_module(sys.modules[__name__])]
+  return {n: FLAGS[n].value for n in names}
+
+
+# ------------------------------------------------------------------------------ setup
+
+
+def _pretrained_cfg(arch: str, pretrained: str | None) -> tuple[str, str | None, Any]:
+  """(name for create_model, weight path or None, PretrainedCfg or None)."""
+  if not pretrained and '.' not in arch:
+    return arch, None, None
+  from inception_jax import pretrained as pretrained_lib  # pylint: disable=g-import-not-at-top
+  if not pretrained:
+    return arch, None, pretrained_lib.get_pretrained_cfg(arch)
+  if os.path.exists(pretrained):
+    from inception_jax import weights as weights_lib  # pylint: disable=g-import-not-at-top
+    _, config = weights_lib.load(pretrained)
+    name = f"{config.get('arch')}.{config.get('tag')}"
+    return arch.partition('.')[0], pretrained, pretrained_lib.get_pretrained_cfg(name)
+  name = pretrained if '.' in pretrained else f"{arch.partition('.')[0]}.{pretrained}"
+  return name, None, pretrained_lib.get_pretrained_cfg(name)
+
+
+def _bn_momentum(arch: str, total_steps: int) -> float:
+  """--bn_momentum, resolving 'auto'.
+
+  An exponential moving average with momentum m keeps m**n of its initial value
+  after n updates: 0.99 (the Inception default) still holds 64% of the
+  initialisation after 44 steps (one epoch of the digits at batch 32), which makes
+  a short run's validation accuracy meaningless. 'auto' keeps the architecture's
+  momentum when the run is long enough (>= 1000 steps at 0.99) and otherwise uses
+  1 - 10 / steps, i.e. an average over the last tenth of the run (0.9 at least).
+  """
+  if FLAGS.bn_momentum != 'auto':
+    try:
+      m = float(FLAGS.bn_momentum)
+    except ValueError:
+      raise RunError(f'--bn_momentum must be "auto" or a number in (0, 1), got '
+                     f'{FLAGS.bn_momentum!r}') from None
+    if not 0.0 < m < 1.0:
+      raise RunError(f'--bn_momentum must be in (0, 1), got {m}')
+    return m
+  from inception_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  default = {**model_lib.BASE_DEFAULTS,
+             **inception_jax.get_arch(arch).defaults}['bn_momentum']
+  return float(min(default, max(0.9, 1.0 - 10.0 / total_steps)))
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything decided before compiling: data, model, preprocessing, schedule."""
+  dataset: data_lib.Dataset
+  model: Any
+  prep: data_lib.Preprocessing
+  aug: data_lib.Augmentation
+  cfg: train_lib.TrainConfig
+  steps_per_epoch: int
+  total_steps: int
+  pretrained_name: str | None
+  bn_momentum: float
+
+
+def prepare() -> Setup:
+  """Validates flags, loads the dataset and builds the model (no compilation)."""
+  n_dev = jax.device_count()
+  if FLAGS.batch_size < 1 or FLAGS.batch_size % n_dev:
+    raise RunError(f'--batch_size={FLAGS.batch_size} is not divisible by the {n_dev} '
+                   f'devices; use a multiple of {n_dev} (e.g. '
+                   f'{max(n_dev, FLAGS.batch_size // n_dev * n_dev)})')
+  if FLAGS.steps is None and FLAGS.epochs < 1:
+    raise RunError(f'--epochs must be >= 1, got {FLAGS.epochs}')
+  if FLAGS.steps is not None and FLAGS.steps < 1:
+    raise RunError(f'--steps must be >= 1, got {FLAGS.steps}')
+  aug = data_lib.Augmentation(
+      horizontal_flip=FLAGS.horizontal_flip, vertical_flip=FLAGS.vertical_flip,
+      rotation_range=FLAGS.rotation_range, width_shift_range=FLAGS.width_shift_range,
+      height_shift_range=FLAGS.height_shift_range, shear_range=FLAGS.shear_range,
+      zoom_range=FLAGS.zoom_range, fill_mode=FLAGS.fill_mode, cval=FLAGS.cval,
+      random_resized_crop=FLAGS.random_resized_crop)
+
+  dataset = data_lib.load_dataset(
+      FLAGS.dataset, validation_split=FLAGS.validation_split, data_dir=FLAGS.data_dir,
+      cache_dir=FLAGS.cache_dir)
+  steps_per_epoch = dataset.train.num_examples // FLAGS.batch_size
+  if steps_per_epoch < 1:
+    raise RunError(f'{dataset.name} has {dataset.train.num_examples} training images, '
+                   f'fewer than one batch of {FLAGS.batch_size}; lower --batch_size')
+
+  name, path, pcfg = _pretrained_cfg(FLAGS.arch, FLAGS.pretrained)
+  total = FLAGS.steps or FLAGS.epochs * steps_per_epoch
+  options = dict(pooling=FLAGS.pooling, aux_logits=FLAGS.aux_logits,
+                 bn_momentum=_bn_momentum(name.partition('.')[0], total))
+  if FLAGS.dropout_rate is not None:
+    options['dropout_rate'] = FLAGS.dropout_rate
+  rngs = nnx.Rngs(FLAGS.seed)
+  if pcfg is None:
+    model = inception_jax.create_model(name, num_classes=dataset.num_classes, rngs=rngs,
+                                       **options)
+    logging.warning('No --pretrained weights: training %s from scratch (random '
+                    'initialisation, inputs scaled to [-1, 1]).', name)
+  else:
+    model = inception_jax.create_model(name, pretrained=path,
+                                       num_classes=dataset.num_classes, rngs=rngs,
+                                       **options)
+    logging.info('Fine-tuning from %s.%s%s', pcfg.arch, pcfg.tag,
+                 f' ({path})' if path else '')
+
+  min_size = model.min_input_size_aux if FLAGS.aux_logits else model.min_input_size
+  if FLAGS.image_size is not None:
+    size = FLAGS.image_size
+  elif pcfg is not None:
+    size = int(np.ravel(pcfg.input_size)[-1])
+  elif dataset.name == 'digits':
+    size = min_size
+  else:
+    size = model.default_size
+  if size < min_size:
+    raise RunError(f'--image_size={size} is below the minimum input of {model.arch}'
+                   f'{" with --aux_logits" if FLAGS.aux_logits else ""} ({min_size}); '
+                   f'use --image_size={min_size} or more')
+  if pcfg is not None:
+    prep = data_lib.Preprocessing(size, mean=tuple(pcfg.mean), std=tuple(pcfg.std),
+                                  crop_pct=pcfg.crop_pct, interpolation=pcfg.interpolation)
+  else:
+    prep = data_lib.Preprocessing(size)
+
+  cfg = train_lib.TrainConfig(
+      optimizer=FLAGS.optimizer, learning_rate=FLAGS.learning_rate,
+      schedule=FLAGS.schedule, warmup_steps=int(round(FLAGS.warmup_epochs * steps_per_epoch)),
+      total_steps=total, decay_rate=FLAGS.decay_rate,
+      decay_steps=max(1, int(round(FLAGS.decay_epochs * steps_per_epoch))),
+      momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay, grad_clip=FLAGS.grad_clip,
+      label_smoothing=FLAGS.label_smoothing, aux_loss_weight=FLAGS.aux_loss_weight,
+      freeze=FLAGS.freeze, backbone_lr_mult=FLAGS.backbone_lr_mult,
+      freeze_bn=FLAGS.freeze_bn, dtype=FLAGS.dtype)
+  try:
+    cfg.validate()
+  except ValueError as e:
+    raise RunError(str(e)) from None
+  return Setup(dataset, model, prep, aug, cfg, steps_per_epoch, total,
+               f'{pcfg.arch}.{pcfg.tag}' if pcfg is not None else None,
+               options['bn_momentum'])
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class Progress:
+  """tqdm bar on a terminal; plain periodic log lines otherwise (CI, files, pipes).
+
+  Reports images/s over the recent window (compilation excluded) and the ETA.
+  """
+
+  def __init__(self, total_steps: int, start_step: int, batch_size: int, enabled: bool):
+    self.total, self.batch = total_steps, batch_size
+    self.enabled = enabled
+    tty = sys.stderr.isatty() and not os.environ.get('CI')
+    self.bar = None
+    if enabled and tty:
+      import tqdm  # pylint: disable=g-import-not-at-top
+      self.bar = tqdm.tqdm(total=total_steps, initial=start_step, unit='step',
+                           dynamic_ncols=True, smoothing=0.1)
+    self.every = max(1, total_steps // 20)
+    self.t_last, self.s_last = None, start_step
+    self.rate = None
+
+  def update(self, step: int, metrics: dict[str, float], epoch: int, epochs: int) -> None:
+    """``step`` steps are done."""
+    now = time.perf_counter()
+    if self.t_last is None:  # first step: compilation; start timing after it
+      self.t_last, self.s_last = now, step
+    elif step - self.s_last >= 1 and (self.bar is not None or step % self.every == 0
+                                      or step == self.total or now - self.t_last > 60):
+      inst = (step - self.s_last) * self.batch / (now - self.t_last)
+      self.rate = inst if self.rate is None else 0.7 * self.rate + 0.3 * inst
+      self.t_last, self.s_last = now, step
+      if self.bar is None and self.enabled:
+        eta = (self.total - step) * self.batch / self.rate
+        logging.info('step %d/%d (%.0f%%) epoch %d/%d loss %.4f acc %.3f lr %.2e | '
+                     '%.1f img/s | ETA %s', step, self.total, 100 * step / self.total,
+                     epoch, epochs, metrics['loss'], metrics['accuracy'], metrics['lr'],
+                     self.rate, _hms(eta))
+    if self.bar is not None:
+      self.bar.n = step
+      post = dict(ep=f'{epoch}/{epochs}', loss=f"{metrics['loss']:.4f}",
+                  acc=f"{metrics['accuracy']:.3f}")
+      if self.rate:
+        post['img/s'] = f'{self.rate:.1f}'
+      self.bar.set_postfix(post, refresh=True)
+
+  def write(self, msg: str) -> None:
+    if self.bar is not None:
+      self.bar.write(msg)
+    elif self.enabled:
+      logging.info('%s', msg)
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
+
+
+def _hms(seconds: float) -> str:
+  seconds = int(max(0, seconds))
+  return f'{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
+
+
+# ------------------------------------------------------------------------------- main
+
+
+def _fetch(x) -> np.ndarray:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+def evaluate(eval_step, state, mesh, pipe: data_lib.Pipeline, num_classes: int
+             ) -> tuple[dict[str, float], np.ndarray]:
+  """Validation loss/top-1/top-5 and the confusion matrix (rows: true class)."""
+  sums = dict(loss_sum=0.0, top1_correct=0.0, top5_correct=0.0, count=0.0)
+  cm = np.zeros((num_classes, num_classes), np.int64)
+  for b in pipe.eval_batches():
+    images, labels, mask = train_lib.shard_batch(mesh, b.images, b.labels, b.mask)
+    out = eval_step(state, images, labels, mask)
+    for k in sums:
+      sums[k] += float(out[k])
+    logits, y, m = _fetch(out['logits']), _fetch(labels), _fetch(mask)
+    pred = logits.argmax(-1)
+    keep = m > 0
+    np.add.at(cm, (y[keep], pred[keep]), 1)
+  n = max(sums['count'], 1.0)
+  return dict(val_loss=sums['loss_sum'] / n, val_top1=sums['top1_correct'] / n,
+              val_top5=sums['top5_correct'] / n), cm
+
+
+def run() -> dict[str, Any]:
+  """One training run as configured by the flags; returns the final facts."""
+  train_lib.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                         FLAGS.process_id)
+  pid, nproc = jax.process_index(), jax.process_count()
+  lead = pid == 0
+  s = prepare()
+  ds, cfg = s.dataset, s.cfg
+  workdir = os.path.abspath(os.path.expanduser(FLAGS.workdir))
+  os.makedirs(os.path.join(workdir, 'plots'), exist_ok=True)
+  G = FLAGS.batch_size
+  epochs = math.ceil(s.total_steps / s.steps_per_epoch)
+  logging.info('%s: %d classes, %d train / %s validation images; %dx%d input, batch %d '
+               '(%d devices, %d processes), %d steps (%d per epoch, %d epochs), BatchNorm '
+               'momentum %g', ds.name,
+               ds.num_classes, ds.train.num_examples,
+               ds.val.num_examples if ds.val else 'no', s.prep.image_size,
+               s.prep.image_size, G, jax.device_count(), nproc, s.total_steps,
+               s.steps_per_epoch, epochs, s.bn_momentum)
+
+  train_pipe = data_lib.Pipeline(ds.train, s.prep, s.aug, global_batch_size=G,
+                                 seed=FLAGS.seed, process_index=pid, process_count=nproc)
+  val_pipe = (data_lib.Pipeline(ds.val, s.prep, global_batch_size=G, process_index=pid,
+                                process_count=nproc) if ds.val else None)
+
+  pipeline_ips = None
+  if FLAGS.measure_pipeline_seconds > 0:
+    it = train_pipe.train_batches(0)
+    next(it)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < FLAGS.measure_pipeline_seconds:
+      n += len(next(it)[1].labels)
+    it.close()
+    pipeline_ips = n / (time.perf_counter() - t0) / data_lib.cpu_cores()
+    logging.info('Input pipeline alone: %.1f images/s per CPU core at %dx%d '
+                 '(%d cores, %.0f images/s in all, per process)', pipeline_ips,
+                 s.prep.image_size, s.prep.image_size, data_lib.cpu_cores(),
+                 pipeline_ips * data_lib.cpu_cores())
+
+  mesh = train_lib.make_mesh()
+  graphdef, state = train_lib.create_train_state(s.model, cfg, mesh)
+  del s.model
+  ckpt = checkpoint_lib.CheckpointManager(os.path.join(workdir, 'checkpoints'),
+                                          keep=FLAGS.keep_checkpoints)
+  start = 0
+  latest = ckpt.latest_step()
+  if latest is not None:
+    state, meta = ckpt.restore(latest, state)
+    start = int(meta['step'])
+    if meta.get('steps_per_epoch') != s.steps_per_epoch:
+      logging.warning('Resuming from a run with %s steps per epoch (now %d): the data '
+                      'order differs from an uninterrupted run.',
+                      meta.get('steps_per_epoch'), s.steps_per_epoch)
+    logging.info('Resumed from checkpoint step %d (epoch %d) in %s', start,
+                 start // s.steps_per_epoch, ckpt.directory)
+  logger = outputs.MetricsLogger(workdir, start if latest is not None else None,
+                                 tensorboard=lead)
+  hparams = {k: v for k, v in _flag_values().items() if k not in _NOT_HPARAMS}
+  if lead:
+    with open(os.path.join(workdir, 'flags.json'), 'w') as f:
+      json.dump(hparams, f, indent=1, default=str)
+
+  train_step = train_lib.make_train_step(graphdef, cfg, mesh)
+  eval_step = train_lib.make_eval_step(graphdef, mesh)
+
+  metadata = dict(arch=FLAGS.arch, pretrained=s.pretrained_name,
+                  num_classes=ds.num_classes, class_names=ds.class_names,
+                  preprocessing=dataclasses.asdict(s.prep), flags=hparams,
+                  steps_per_epoch=s.steps_per_epoch, data_seed=FLAGS.seed)
+  eval_every = FLAGS.eval_every or s.steps_per_epoch
+  ckpt_every = FLAGS.checkpoint_every or s.steps_per_epoch
+
+  def save(step, val=None):
+    epoch, in_epoch = divmod(step, s.steps_per_epoch)
+    ckpt.save(step, state, dict(metadata, step=step, epoch=epoch, step_in_epoch=in_epoch),
+              metrics=val)
+
+  progress = Progress(s.total_steps, start, G, enabled=lead)
+  cm, last_val, best = None, None, None
+  since = dict(loss=0.0, accuracy=0.0, n=0)
+  t_train, n_images, t_first = None, 0, None
+  data_wait = 0.0
+  last_saved = latest
+  try:
+    batches = train_pipe.train_batches(start, s.total_steps)
+    step = start
+    while step < s.total_steps:
+      t0 = time.perf_counter()
+      try:
+        _, batch = next(batches)
+      except StopIteration:
+        break
+      data_wait += time.perf_counter() - t0 if t_train is not None else 0.0
+      images, labels = train_lib.shard_batch(mesh, batch.images, batch.labels)
+      state, m = train_step(state, images, labels)
+      m = {k: float(v) for k, v in jax.device_get(m).items()}
+      step += 1
+      if t_train is None:
+        t_first = time.perf_counter() - t0
+        t_train = 0.0
+        logging.info('First step (compilation included): %.1f s', t_first)
+      else:
+        t_train += time.perf_counter() - t0
+        n_images += G
+      if not m.pop('finite', 1.0) or not math.isfinite(m['loss']):
+        raise RunError(
+            f'loss is {m["loss"]} at step {step} (grad norm {m["grad_norm"]}): stopping '
+            f'without saving. The last good checkpoint is '
+            f'{"step " + str(last_saved) if last_saved is not None else "none"} in '
+            f'{ckpt.directory}. Lower --learning_rate, set --grad_clip (e.g. 2.0) or add '
+            '--warmup_epochs.')
+      epoch = (step - 1) // s.steps_per_epoch + 1
+      row = dict(step=step, epoch=epoch, **m)
+      if lead:
+        logger.log_step(row)
+      since['loss'] += m['loss']
+      since['accuracy'] += m['accuracy']
+      since['n'] += 1
+      progress.update(step, m, epoch, epochs)
+
+      end = step == s.total_steps
+      val = None
+      if (step % eval_every == 0 or end) and val_pipe is not None:
+        val, cm = evaluate(eval_step, state, mesh, val_pipe, ds.num_classes)
+        last_val = val
+        if best is None or val['val_top1'] > best['val_top1']:
+          best = dict(val, step=step)
+      if step % eval_every == 0 or end:
+        erow = dict(step=step, epoch=round(step / s.steps_per_epoch, 3),
+                    train_loss=since['loss'] / max(since['n'], 1),
+                    train_accuracy=since['accuracy'] / max(since['n'], 1), **(val or {}))
+        since = dict(loss=0.0, accuracy=0.0, n=0)
+        if lead:
+          logger.log_eval(erow)
+        if val:
+          progress.write(f"eval step {step} (epoch {erow['epoch']}): val loss "
+                         f"{val['val_loss']:.4f} top-1 {100 * val['val_top1']:.2f}% "
+                         f"top-5 {100 * val['val_top5']:.2f}%")
+      if step % ckpt_every == 0 or end:
+        save(step, val)
+        last_saved = step
+    if cm is None and val_pipe is not None and step > 0:
+      # Resumed a finished run (or evaluation never fell on a step): score it once.
+      last_val, cm = evaluate(eval_step, state, mesh, val_pipe, ds.num_classes)
+    logger.flush()
+  finally:
+    progress.close()
+
+  wall = time.time() - _T_PROCESS
+  ips = n_images / t_train if t_train else float('nan')
+  facts = {
+      'architecture': FLAGS.arch,
+      'weights': s.pretrained_name or 'none (trained from scratch)',
+      'dataset': f'{ds.name} ({ds.num_classes} classes, {ds.train.num_examples} train / '
+                 f'{ds.val.num_examples if ds.val else 0} validation images)',
+      'input': f'{s.prep.image_size}x{s.prep.image_size}, mean {s.prep.mean}, std '
+               f'{s.prep.std}, crop_pct {s.prep.crop_pct}, {s.prep.interpolation}',
+      'steps': f'{step} ({step / s.steps_per_epoch:.2f} epochs of {s.steps_per_epoch} '
+               f'steps, batch {G})',
+      'BatchNorm momentum': f'{s.bn_momentum:g} (--bn_momentum={FLAGS.bn_momentum})',
+      'devices': f'{jax.device_count()} x {jax.devices()[0].platform} '
+                 f'({nproc} process{"es" if nproc > 1 else ""})',
+      'wall time': f'{wall:.1f} s (first step incl. compilation '
+                   f'{t_first if t_first is not None else float("nan"):.1f} s)',
+      'training images/s': f'{ips:.1f} (train steps after the first, input wait '
+                           f'included: {data_wait:.1f} s)',
+      'input pipeline images/s per core': (f'{pipeline_ips:.1f}' if pipeline_ips
+                                           else 'not measured'),
+  }
+  if ds.report:
+    r = ds.report
+    facts['bad files'] = (f"{r['skipped']} skipped, {r['converted']} converted of "
+                          f"{r['files']} ({r['reasons']})")
+  if last_val is not None:
+    facts['final validation top-1'] = f"{100 * last_val['val_top1']:.2f}%"
+    facts['final validation top-5'] = f"{100 * last_val['val_top5']:.2f}%"
+    facts['final validation loss'] = f"{last_val['val_loss']:.4f}"
+  # The best over the whole run (a resumed run included) comes from the eval log.
+  vals = [r for r in logger.evals.rows if isinstance(r.get('val_top1'), (int, float))]
+  if vals:
+    b = max(vals, key=lambda r: r['val_top1'])
+    facts['best validation top-1'] = f"{100 * b['val_top1']:.2f}% (step {b['step']})"
+    facts['best validation top-5'] = f"{100 * max(r['val_top5'] for r in vals):.2f}%"
+
+  if lead:
+    plots = os.path.join(workdir, 'plots')
+    outputs.plot_curves(os.path.join(plots, 'curves.png'), logger.steps.rows,
+                        logger.evals.rows)
+    if cm is not None:
+      outputs.plot_confusion(os.path.join(plots, 'confusion_matrix.png'), cm,
+                             ds.class_names)
+      err, counts = outputs.per_class_errors(cm)
+      outputs.plot_per_class_error(os.path.join(plots, 'per_class_error.png'),
+                                   np.nan_to_num(err), counts, ds.class_names)
+    text = outputs.write_summary(
+        os.path.join(workdir, 'summary.md'),
+        title=f'Fine-tuning {FLAGS.arch} on {ds.name}', hparams=hparams, facts=facts,
+        evals=logger.evals.rows, cm=cm, class_names=ds.class_names)
+    print('\n' + text.split('## Hyperparameters')[0].rstrip() + '\n')
+    print(f'Outputs in {workdir}')
+  ckpt.close()
+  return dict(facts=facts, val=last_val, best=best, images_per_second=ips,
+              pipeline_images_per_second_per_core=pipeline_ips, wall_seconds=wall,
+              steps=step)
+
+
+class _QuietLibraries:
+  """Drops INFO lines of orbax/JAX internals from the absl log (keeps warnings)."""
+
+  def filter(self, record) -> bool:
+    noisy = any(f'{os.sep}{lib}{os.sep}' in record.pathname
+                for lib in ('orbax', 'jax', 'optax', 'flax'))
+    return record.levelno >= 30 or not noisy  # 30: logging.WARNING
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  try:
+    run()
+  except (RunError, data_lib.DataError, ValueError, FileNotFoundError) as e:
+    logging.error('%s', e)
+    sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+  app.run(main)
