@@ -26,6 +26,7 @@ BASE_DEFAULTS = dict(
     bn_momentum=0.99,
     bn_scale=True,
     conv_bias=None,
+    scan_blocks=False,
 )
 
 OPTIONS = ('num_classes', 'include_top', 'pooling', 'dtype', 'param_dtype',
@@ -100,7 +101,8 @@ class Inception(nnx.Module):
         padding=opts['padding'], count_include_pad=opts['count_include_pad'],
         batch_norm=opts['batch_norm'], bn_eps=opts['bn_eps'],
         bn_momentum=opts['bn_momentum'], bn_scale=opts['bn_scale'],
-        conv_bias=opts['conv_bias'], dtype=dtype, param_dtype=param_dtype)
+        conv_bias=opts['conv_bias'], scan_blocks=opts['scan_blocks'], dtype=dtype,
+        param_dtype=param_dtype)
     self.numerics = num
     self.options = tuple(sorted(opts.items()))  # static (hashable) record
     self.min_input_size = spec.min_input_size(num.padding)
