@@ -93,7 +93,8 @@ def _dead_params(grads):
 @pytest.mark.parametrize('name', ALL)
 def test_small_forward_train_and_eval(name):
   """Eval is deterministic and leaves BN alone; train updates BN and reaches every param."""
-  model = ij.create_model(name, num_classes=5, rngs=nnx.Rngs(1))
+  # Aux heads off (GoogLeNet has them by default): they are tested separately below.
+  model = ij.create_model(name, num_classes=5, aux_logits=False, rngs=nnx.Rngs(1))
   size = model.min_input_size  # the smallest valid input keeps the CPU cost low
   x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
   stats = _snapshot(model, nnx.BatchStat)
@@ -137,9 +138,10 @@ def test_aux_logits_only_in_train_mode(name):
   assert {k: v.shape for k, v in out.aux_logits.items()} == {
       h.name: (2, 5) for h in spec.aux_heads}
   assert size >= model.min_input_size_aux
-  with pytest.raises(ValueError, match='aux_logits=True in train mode'):
-    m = model.min_input_size_aux - 1
-    _abstract(model, (1, m, m, 3))
+  if model.min_input_size_aux > model.min_input_size:  # adaptive-pool heads fit any size
+    with pytest.raises(ValueError, match='aux_logits=True in train mode'):
+      m = model.min_input_size_aux - 1
+      _abstract(model, (1, m, m, 3))
 
 
 @pytest.mark.parametrize('name', AUX)

@@ -198,3 +198,24 @@ def test_not_a_keras_file(tmp_path):
     keras_h5.convert(str(path), 'inception_v4.keras')
   with pytest.raises(FileNotFoundError):
     keras_h5.convert(str(tmp_path / 'absent.h5'), 'inception_v3.keras')
+
+
+@pytest.mark.parametrize('arch', ARCHS)
+def test_cli_and_create_model_end_to_end(keras_dir, arch, tmp_path):
+  """The user path: the convert CLI on a published-layout file, then
+  ``create_model(TAG, pretrained=...)`` with the tag's own numerics options."""
+  out = tmp_path / f'{arch}.safetensors'
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  proc = subprocess.run(
+      [sys.executable, '-m', 'third_party_weights.convert', '--source', 'keras',
+       '--arch', f'{arch}.keras', '--input', str(keras_dir / arch / 'k2_top.h5'),
+       '--output', str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
+      timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  model = inception_jax.create_model(f'{arch}.keras', pretrained=str(out))
+  ref = _ref(keras_dir, arch)
+  got = np.asarray(_forward(model, jnp.asarray(ref['x'])))
+  diff = float(np.abs(got - ref['logits']).max())
+  print(f'\n[keras parity] {arch} CLI + create_model: max |diff| {diff:.3g}')
+  assert diff <= TOL
+  np.testing.assert_array_equal(got.argmax(-1), ref['logits'].argmax(-1))
