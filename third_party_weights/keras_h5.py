@@ -101,9 +101,8 @@ class _Graph:
     return self.add('dense', (x,), 0, scope='Logits', shape=(self.c(x),))
 
 
-def _v3(include_top: bool) -> _Graph:
-  """keras/src/applications/inception_v3.py ``InceptionV3``, with slim scopes."""
-  g = _Graph()
+def _stem(g: _Graph):
+  """The stem both applications share (the Inception-v3 stem, to 35x35x192)."""
   cb = g.conv_bn
   x = g.input()
   x = cb(x, 'Conv2d_1a_3x3', 32, 3)
@@ -112,7 +111,14 @@ def _v3(include_top: bool) -> _Graph:
   x = g.op(x)  # MaxPooling2D
   x = cb(x, 'Conv2d_3b_1x1', 80, 1)
   x = cb(x, 'Conv2d_4a_3x3', 192, 3)
-  x = g.op(x)  # MaxPooling2D
+  return g.op(x)  # MaxPooling2D
+
+
+def _v3(include_top: bool) -> _Graph:
+  """keras/src/applications/inception_v3.py ``InceptionV3``, with slim scopes."""
+  g = _Graph()
+  cb = g.conv_bn
+  x = _stem(g)
 
   # mixed0..2 = Mixed_5b..5d (35x35)
   for name, pool, b1 in (('Mixed_5b', 32, ('Conv2d_0a_1x1', 'Conv2d_0b_5x5')),
@@ -215,14 +221,7 @@ def _ir_v2(include_top: bool) -> _Graph:
   """keras/src/applications/inception_resnet_v2.py ``InceptionResNetV2``, slim scopes."""
   g = _Graph()
   cb = g.conv_bn
-  x = g.input()
-  x = cb(x, 'Conv2d_1a_3x3', 32, 3)
-  x = cb(x, 'Conv2d_2a_3x3', 32, 3)
-  x = cb(x, 'Conv2d_2b_3x3', 64, 3)
-  x = g.op(x)  # MaxPooling2D
-  x = cb(x, 'Conv2d_3b_1x1', 80, 1)
-  x = cb(x, 'Conv2d_4a_3x3', 192, 3)
-  x = g.op(x)  # MaxPooling2D
+  x = _stem(g)
 
   # mixed_5b
   branch_0 = cb(x, 'Mixed_5b/Branch_0/Conv2d_1x1', 96, 1)
