@@ -95,3 +95,39 @@ def test_adaptive_avg_pool_by_hand():
   assert y.shape == (1, 4, 4, 1)
   np.testing.assert_allclose(y[0, 1, 2, 0], xn[3:7, 7:11].mean(), rtol=1e-6)
   np.testing.assert_allclose(y[0, 3, 0, 0], xn[10:14, 0:4].mean(), rtol=1e-6)
+
+
+@pytest.mark.parametrize('k,s,pads', [
+    (3, 2, ((0, 0), (0, 0))),  # Inception reductions, VALID
+    (3, 1, ((1, 1), (1, 1))),  # branch_pool, SAME
+    (3, 2, ((0, 1), (0, 1))),  # ceil mode / TF SAME on an even size
+    (2, 2, ((1, 2), (0, 1))),
+    (5, 3, ((0, 0), (0, 0))),  # aux head
+])
+def test_slice_pools_equal_reduce_window(k, s, pads):
+  """Values and gradients of layers.max_pool/avg_pool equal flax's reduce-window pools.
+
+  Rounded inputs make ties (and ReLU-like zeros), where the max gradient must go
+  to the first maximum of the window only.
+  """
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(np.maximum(rng.standard_normal((2, 11, 9, 3)), 0).round(1), jnp.float32)
+  cases = [
+      (lambda x: layers.max_pool(x, k, s, pads),
+       lambda x: nnx.max_pool(x, (k, k), (s, s), pads)),
+      (lambda x: layers.avg_pool(x, k, s, pads, False),
+       lambda x: nnx.avg_pool(x, (k, k), (s, s), pads, count_include_pad=False)),
+      (lambda x: layers.avg_pool(x, k, s, pads, True),
+       lambda x: nnx.avg_pool(x, (k, k), (s, s), pads, count_include_pad=True)),
+  ]
+  for ours, ref in cases:
+    want = ref(x)
+    w = jnp.asarray(rng.standard_normal(want.shape), jnp.float32)
+    np.testing.assert_allclose(ours(x), want, rtol=1e-6, atol=1e-7)
+    g_ours = jax.jit(jax.grad(lambda x: jnp.sum(ours(x) * w)))(x)
+    g_ref = jax.grad(lambda x: jnp.sum(ref(x) * w))(x)
+    np.testing.assert_allclose(g_ours, g_ref, rtol=1e-6, atol=1e-6)
+  # A hand-made tie: both 5s in one 3x3 window; only the first gets the gradient.
+  t = jnp.zeros((1, 3, 3, 1)).at[0, 0, 1, 0].set(5.).at[0, 2, 2, 0].set(5.)
+  g = jax.grad(lambda t: layers.max_pool(t, 3, 1, ((0, 0), (0, 0))).sum())(t)
+  assert g[0, 0, 1, 0] == 1 and float(g.sum()) == 1
