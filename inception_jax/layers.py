@@ -124,6 +124,27 @@ def window_pads(size: int, kernel: int, stride: int, padding: str, style: str,
   return (p, p)
 
 
+def _conv(conv: nnx.Conv, x: Array) -> Array:
+  """``conv(x)``, with a 1x1 stride-1 convolution computed as a matmul.
+
+  Same numbers. For the kernel gradient of a convolution XLA:CPU transposes the
+  activations to channels-first, batch-last, which it runs badly when the
+  batch is small (8 x 17 x 17 x 1088 in Inception-ResNet-v2: ~0.3 s each); the
+  gradient of a dot needs no transpose. Inception-ResNet-v2 train step, batch 8,
+  299x299, float32: 0.84 -> 1.47 img/s (A/B in one process).
+  """
+  kernel = conv.kernel[...]
+  if (kernel.shape[:2] != (1, 1) or conv.strides not in (1, (1, 1))
+      or conv.feature_group_count != 1):
+    return conv(x)
+  dtype = conv.dtype or jnp.result_type(x, kernel)
+  y = jnp.einsum('nhwc,cd->nhwd', x.astype(dtype), kernel[0, 0].astype(dtype),
+                 precision=conv.precision)
+  if conv.bias is not None:
+    y = y + conv.bias[...].astype(dtype)
+  return y
+
+
 class ConvBN(nnx.Module):
   """Conv -> BatchNorm -> ReLU, or any part of it, as the spec and Numerics say.
 
@@ -174,7 +195,7 @@ class ConvBN(nnx.Module):
   def __call__(self, x: Array) -> Array:
     if self.depthwise is not None:
       x = self.depthwise(x)
-    x = self.conv(x)
+    x = _conv(self.conv, x)
     if self.bn is not None:
       x = self.bn(x)
     return jax.nn.relu(x) if self.activation else x
