@@ -47,6 +47,8 @@ import tempfile
 import time
 import traceback
 
+from experiments import xla_flags
+
 # Dense bf16 tensor peaks (FLOP/s) and fp32-input peaks (TF32 on tensor cores,
 # which is what JAX and cuDNN use for "float32" convs by default), from NVIDIA's
 # data sheets as collected in performance.md section 2.
@@ -564,19 +566,15 @@ def run_pipeline(cfg: dict, emit) -> None:
   folder = tempfile.mkdtemp(prefix='bench_jpegs_')
   try:
     _make_jpegs(folder, cfg['num_images'], cfg['jpeg_size'])
-    try:
-      from experiments import data  # pylint: disable=g-import-not-at-top
-      measure = getattr(data, 'measure_pipeline', None)
-    except ImportError:
-      measure = None
-    if measure is not None:
-      try:
-        res = measure(folder, image_size=cfg['image_size'])
-        emit({**base, 'impl': 'experiments.data.measure_pipeline', 'result': res})
-        return
-      except Exception as e:  # pylint: disable=broad-except
-        # Its API may differ from this call; time the plain tf.data pipeline instead.
-        emit({**_error({**base, 'impl': 'experiments.data.measure_pipeline'}, e)})
+    from experiments import data  # pylint: disable=g-import-not-at-top
+    # The fine-tuning input pipeline itself: decode, random-resized crop, flip,
+    # normalise, batch 32, on all the process's cores.
+    per_core = data.measure_pipeline(f'folder:{folder}', cfg['image_size'], batch_size=32,
+                                     seconds=cfg.get('seconds', 5.0))
+    threads = cpu_threads()
+    emit({**base, 'impl': 'experiments.data training pipeline (crop+flip)',
+          'threads': threads, 'images_per_s': per_core * threads,
+          'images_per_s_per_core': per_core})
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     files = sorted(tf.io.gfile.glob(os.path.join(folder, '*', '*.jpg')))
     size = cfg['image_size']
@@ -697,6 +695,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help='recompile ours in a second process that reads the warm cache')
   p.add_argument('--train_step', choices=('auto', 'library', 'local'), default='auto',
                  help='inception_jax.train when present (auto) or the local SGD step')
+  p.add_argument('--xla_defaults', action=argparse.BooleanOptionalAction, default=True,
+                 help="our workers run with experiments/xla_flags.py's XLA:CPU flags")
+  p.add_argument('--keras_xla_defaults', action='store_true',
+                 help='give the Keras worker the same XLA flags (default: plain XLA)')
   p.add_argument('--remat', choices=('none', 'dots', 'full'), default='none',
                  help='rematerialise each top-level block in our train step')
   p.add_argument('--torch_compile', action='store_true', help='also time torch.compile')
@@ -717,6 +719,11 @@ def main(argv=None) -> dict:
   log = (lambda *_: None) if a.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
   env_jax = {'XLA_PYTHON_CLIENT_PREALLOCATE': 'false', 'TF_CPP_MIN_LOG_LEVEL': '2'}
   plat = _probe_platform(env_jax)
+  flags_plain = os.environ.get('XLA_FLAGS', '')
+  flags_tuned = xla_flags.apply(dict(os.environ)) if a.xla_defaults else flags_plain
+  env_ours = dict(env_jax, XLA_FLAGS=flags_tuned)
+  env_keras = dict(env_jax, KERAS_BACKEND='jax',
+                   XLA_FLAGS=flags_tuned if a.keras_xla_defaults else flags_plain)
   registered = _registered_archs()
   if a.archs:
     archs = _csv(a.archs)
@@ -748,9 +755,9 @@ def main(argv=None) -> dict:
   t0 = time.time()
   if 'ours' in frameworks:
     cfg = dict(common, cache_dir=cache_dir, remat=a.remat, train_step=a.train_step)
-    records += _run_worker(me + ['ours'], cfg, env_jax, tmp, 'ours', timeout, log)
+    records += _run_worker(me + ['ours'], cfg, env_ours, tmp, 'ours', timeout, log)
     if a.cache_check:
-      records += _run_worker(me + ['ours'], dict(cfg, compile_only=True), env_jax, tmp,
+      records += _run_worker(me + ['ours'], dict(cfg, compile_only=True), env_ours, tmp,
                              'ours_warm_cache', timeout, log)
   if 'timm' in frameworks:
     cfg = dict(common, torch_compile=a.torch_compile, channels_last=a.torch_channels_last)
@@ -760,16 +767,16 @@ def main(argv=None) -> dict:
     cfg = dict(common, archs=[x for x in archs if x in KERAS_APPS])
     if cfg['archs']:
       records += _run_worker(['-m', 'experiments.bench_keras'], cfg,
-                             dict(env_jax, KERAS_BACKEND='jax'), tmp, 'keras', timeout, log)
+                             env_keras, tmp, 'keras', timeout, log)
   if a.pipeline:
     cfg = dict(image_size=299, num_images=a.pipeline_images, jpeg_size=360,
                repeats=max(a.repeats, 1))
-    records += _run_worker(me + ['pipeline'], cfg, env_jax, tmp, 'pipeline', timeout, log)
+    records += _run_worker(me + ['pipeline'], cfg, env_ours, tmp, 'pipeline', timeout, log)
   if a.memory_target:
     arch, size, batch = a.memory_target.split(':')
     for remat in _csv(a.memory_remat):
       cfg = dict(arch=arch, size=int(size), batch=int(batch), remat=remat)
-      records += _run_worker(me + ['memory'], cfg, env_jax, tmp, f'memory_{remat}',
+      records += _run_worker(me + ['memory'], cfg, env_ours, tmp, f'memory_{remat}',
                              timeout, log)
 
   threads = cpu_threads()
@@ -781,6 +788,7 @@ def main(argv=None) -> dict:
       'cache_dir': cache_dir if a.compilation_cache_dir else '(temporary)',
       'cache_was_empty': cache_was_empty, 'wall_s': time.time() - t0,
       'bf16_meaning': 'mixed precision: bf16 compute, float32 parameters',
+      'xla_flags_ours': flags_tuned, 'xla_flags_keras': env_keras['XLA_FLAGS'],
   }
   report = {'meta': meta, 'records': records}
   _add_derived(report)
@@ -864,7 +872,10 @@ def render_markdown(report: dict) -> str:
       'Compile = `lowered.compile()` wall time; trace = `jit(f).lower(...)` (Python '
       'tracing + StableHLO), shown separately.',
       f"Peak used on CPU: {peak['formula']}. On GPU: the card's dense bf16 (bfloat16 "
-      'rows) or TF32 (float32 rows) tensor peak.', '',
+      'rows) or TF32 (float32 rows) tensor peak.',
+      f"XLA_FLAGS: ours `{meta.get('xla_flags_ours') or '(none)'}` "
+      '(experiments/xla_flags.py), '
+      f"Keras `{meta.get('xla_flags_keras') or '(none)'}`.", '',
       '## Throughput', '',
       '| arch | framework | dtype | batch | size | infer img/s | train img/s | '
       'ours/this infer | ours/this train | MFU infer | MFU train | compile fwd s | '
@@ -923,8 +934,6 @@ def render_markdown(report: dict) -> str:
     for r in pipe:
       if 'error' in r:
         lines.append(f"| error: {r['error'][:150]} | | | |")
-      elif 'result' in r:
-        lines.append(f"| {r['impl']} | - | {json.dumps(r['result'])} | |")
       else:
         lines.append(f"| {r['impl']} | {r['threads']} | {r['images_per_s']:.1f} | "
                      f"{r['images_per_s_per_core']:.1f} |")

@@ -36,8 +36,12 @@ from absl import logging
 
 _T_PROCESS = time.time()  # wall time counts imports and compilation too
 
+from experiments import xla_flags  # pylint: disable=g-bad-import-order
+
+xla_flags.apply()  # before JAX starts its CPU client
+
 # JAX before TensorFlow (TRAIN_API.md); experiments.data imports TensorFlow.
-import jax
+import jax  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import numpy as np
 from flax import nnx
 
@@ -116,6 +120,10 @@ flags.DEFINE_bool('freeze_bn', False, 'BatchNorm uses and keeps its running stat
 flags.DEFINE_string('workdir', '/tmp/inception_finetune', 'Output and checkpoint '
                     'directory; a run resumes from its latest checkpoint.')
 flags.DEFINE_integer('seed', 0, 'Seed of initialisation, data order and augmentation.')
+flags.DEFINE_string('compilation_cache_dir', None, 'Persistent XLA compilation cache, '
+                    'shared by runs (a rerun skips most of the compile time); default: '
+                    '$INCEPTION_JAX_CACHE/xla or ~/.cache/inception_jax/xla; "none" turns '
+                    'it off.')
 flags.DEFINE_integer('eval_every', 0, 'Evaluate every N steps (0: every epoch) and at '
                      'the end.')
 flags.DEFINE_integer('checkpoint_every', 0, 'Checkpoint every N steps (0: every epoch) '
@@ -129,7 +137,8 @@ flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-host).')
 flags.DEFINE_integer('process_id', None, 'Index of this process (multi-host).')
 
 # Flags recorded as hyperparameters (everything but process plumbing).
-_NOT_HPARAMS = ('coordinator_address', 'num_processes', 'process_id', 'workdir')
+_NOT_HPARAMS = ('coordinator_address', 'num_processes', 'process_id', 'workdir',
+                'compilation_cache_dir')
 
 
 class RunError(Exception):
@@ -374,6 +383,12 @@ def evaluate(eval_step, state, mesh, pipe: data_lib.Pipeline, num_classes: int
 
 def run() -> dict[str, Any]:
   """One training run as configured by the flags; returns the final facts."""
+  cache = FLAGS.compilation_cache_dir
+  if cache != 'none':
+    cache = os.path.expanduser(cache or os.path.join(inception_jax.pretrained.cache_dir(), 'xla'))
+    jax.config.update('jax_compilation_cache_dir', cache)
+    # Only programs that took a while to compile: the train and eval steps.
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   train_lib.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                          FLAGS.process_id)
   pid, nproc = jax.process_index(), jax.process_count()

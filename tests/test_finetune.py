@@ -112,8 +112,9 @@ def test_cli_end_to_end_writes_every_output(tmp_path):
   w = tmp_path / 'run'
   r = run_cli(w, steps=4, eval_every=2, horizontal_flip=True, rotation_range=10,
               zoom_range=0.1, fill_mode='reflect', random_resized_crop=True,
-              measure_pipeline_seconds=0.5)
+              measure_pipeline_seconds=0.5, compilation_cache_dir=tmp_path / 'xla')
   assert r.returncode == 0, r.stderr[-3000:]
+  assert (tmp_path / 'xla').is_dir()  # --compilation_cache_dir reached JAX
   assert 'training tiny_test_net from scratch' in r.stderr
   assert 'images/s per CPU core' in r.stderr
   assert 'img/s | ETA' in r.stderr           # plain progress lines without a TTY
