@@ -569,7 +569,8 @@ def run_pipeline(cfg: dict, emit) -> None:
     from experiments import data  # pylint: disable=g-import-not-at-top
     # The fine-tuning input pipeline itself: decode, random-resized crop, flip,
     # normalise, batch 32, on all the process's cores.
-    per_core = data.measure_pipeline(f'folder:{folder}', cfg['image_size'], batch_size=32,
+    per_core = data.measure_pipeline(f'folder:{folder}', cfg['image_size'],
+                                     batch_size=min(32, cfg['num_images']),
                                      seconds=cfg.get('seconds', 5.0))
     threads = cpu_threads()
     emit({**base, 'impl': 'experiments.data training pipeline (crop+flip)',

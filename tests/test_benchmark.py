@@ -73,3 +73,25 @@ def test_ratios_and_mfu_from_records():
 def test_cpu_peak_states_its_formula():
   peak = benchmark.cpu_peak(2)
   assert '2 cores x' in peak['formula'] and 'flop/cycle' in peak['formula']
+
+
+@pytest.mark.slow
+def test_pipeline_worker_times_the_finetune_pipeline(tmp_path):
+  cfg = tmp_path / 'cfg.json'
+  out = tmp_path / 'out.json'
+  cfg.write_text(json.dumps({'image_size': 64, 'num_images': 16, 'jpeg_size': 80,
+                             'repeats': 1, 'seconds': 0.5}))
+  r = subprocess.run([sys.executable, '-m', 'experiments.benchmark', '--worker', 'pipeline',
+                      '--config', str(cfg), '--out', str(out)],
+                     cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  recs = json.loads(out.read_text())
+  assert not [x for x in recs if 'error' in x], recs
+  impls = [x['impl'] for x in recs]
+  assert impls[0] == 'experiments.data training pipeline (crop+flip)'
+  assert all(x['images_per_s'] > 0 for x in recs)
+  table = benchmark.render_markdown({'meta': {'cpu_peak': {'formula': '-'}, 'date_utc': '-',
+                                              'platform': 'cpu', 'cpu_threads': 2, 'argv': [],
+                                              'bf16_meaning': '-'},
+                                     'records': recs})
+  assert 'training pipeline (crop+flip)' in table
