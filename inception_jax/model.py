@@ -26,7 +26,7 @@ BASE_DEFAULTS = dict(
     bn_momentum=0.99,
     bn_scale=True,
     conv_bias=None,
-    scan_blocks=False,
+    scan_blocks=True,
 )
 
 OPTIONS = ('num_classes', 'include_top', 'pooling', 'dtype', 'param_dtype',

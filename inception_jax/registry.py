@@ -60,7 +60,8 @@ def create_model(name: str, *, num_classes: int = 1000, rngs: nnx.Rngs | None = 
       ``aux_logits``, ``dtype``, ``param_dtype``, ``in_channels`` and the numerics
       options ``padding`` ('tf' | 'symmetric'), ``count_include_pad``,
       ``batch_norm``, ``bn_eps``, ``bn_momentum``, ``bn_scale``, ``conv_bias``; and
-      ``scan_blocks`` (keep the Inception-ResNet block loop rolled).
+      ``scan_blocks`` (default True: the Inception-ResNet block loop stays rolled;
+      False unrolls it).
 
   Returns:
     An ``Inception`` module in eval mode.
