@@ -351,7 +351,9 @@ def _avg_pool_fwd(x, k, s, pads, count_include_pad):
 
 
 def _avg_pool_bwd(k, s, pads, count_include_pad, x, g):
-  ref = lambda x: nnx.avg_pool(x, (k, k), (s, s), pads, count_include_pad=count_include_pad)
+  # nnx.avg_pool divides by a float32 count, so its output is float32 for bfloat16 x.
+  ref = lambda x: nnx.avg_pool(x, (k, k), (s, s), pads,
+                               count_include_pad=count_include_pad).astype(x.dtype)
   return jax.vjp(ref, x)[1](g)
 
 

@@ -127,6 +127,11 @@ def test_slice_pools_equal_reduce_window(k, s, pads):
     g_ours = jax.jit(jax.grad(lambda x: jnp.sum(ours(x) * w)))(x)
     g_ref = jax.grad(lambda x: jnp.sum(ref(x) * w))(x)
     np.testing.assert_allclose(g_ours, g_ref, rtol=1e-6, atol=1e-6)
+  # bfloat16 in, bfloat16 out, and a gradient (flax's avg pool would return float32).
+  xb = x.astype(jnp.bfloat16)
+  for ours, _ in cases:
+    assert ours(xb).dtype == jnp.bfloat16
+    assert jax.grad(lambda x: jnp.sum(ours(x).astype(jnp.float32)))(xb).dtype == jnp.bfloat16
   # A hand-made tie: both 5s in one 3x3 window; only the first gets the gradient.
   t = jnp.zeros((1, 3, 3, 1)).at[0, 0, 1, 0].set(5.).at[0, 2, 2, 0].set(5.)
   g = jax.grad(lambda t: layers.max_pool(t, 3, 1, ((0, 0), (0, 0))).sum())(t)
