@@ -9,9 +9,12 @@ Download (from the manifest URL), verify the published hash, cache and convert::
 
   python -m third_party_weights.convert --tag inception_v3.tv_in1k
 
-Sources: ``torchvision`` and ``timm`` state dicts (``.pth`` read with
-``torch.load(weights_only=True)``, or ``.safetensors``), ``keras`` legacy ``.h5``
-files (``third_party_weights.keras_h5``). The torch path never imports tensorflow.
+Sources: ``torchvision``, ``timm`` and ``facenet`` (facenet-pytorch) state dicts
+(``.pth``/``.pt`` read with ``torch.load(weights_only=True)``, or ``.safetensors``),
+``keras`` legacy ``.h5`` files (``third_party_weights.keras_h5``), ``slim``
+TensorFlow checkpoints of either format, or their published ``.tar.gz``
+(``third_party_weights.slim_ckpt``; ``--keep_background`` keeps TF-slim's 1001st
+class). The torch path never imports tensorflow; the slim path never imports torch.
 The output is a safetensors file whose metadata holds the tag's config; loading
 it is ``create_model(TAG, pretrained=OUT)``.
 """
@@ -30,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+SOURCES = ('timm', 'torchvision', 'keras', 'slim', 'facenet')
 MANIFEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'manifest.json')
 FORMAT_VERSION = 1
 
@@ -63,10 +67,17 @@ def read_torch_state(path: str) -> dict[str, np.ndarray]:
   return {k.removeprefix('module.'): v.detach().float().numpy() for k, v in obj.items()}
 
 
-def convert_arrays(source: str, name: str, path: str) -> dict[str, np.ndarray]:
+def convert_arrays(source: str, name: str, path: str, *, keep_background: bool = False
+                   ) -> dict[str, np.ndarray]:
   """Flat project arrays from a source file for the weights ``name`` (arch.tag)."""
   arch = name.partition('.')[0]
-  if source in ('timm', 'torchvision'):
+  if keep_background and source != 'slim':
+    raise ValueError('--keep_background applies to TF-slim checkpoints (--source slim) '
+                     'only: other sources have no background class')
+  if source == 'slim':
+    from third_party_weights import slim_ckpt  # pylint: disable=g-import-not-at-top
+    return slim_ckpt.convert(path, name, keep_background=keep_background)
+  if source in ('timm', 'torchvision', 'facenet'):
     from third_party_weights import torch_maps  # pylint: disable=g-import-not-at-top
     if arch not in torch_maps.MAPS:
       raise ValueError(f'no torch key map for {arch}; torch maps exist for '
@@ -81,7 +92,7 @@ def convert_arrays(source: str, name: str, path: str) -> dict[str, np.ndarray]:
     # Written by the Keras converter helper; imports tensorflow-free h5py code.
     from third_party_weights import keras_h5  # pylint: disable=g-import-not-at-top
     return keras_h5.convert(path, name)
-  raise ValueError(f"unknown source {source!r}; use 'timm', 'torchvision' or 'keras'")
+  raise ValueError(f"unknown source {source!r}; use one of {', '.join(SOURCES)}")
 
 
 def check_against_model(name: str, arrays: dict[str, np.ndarray]) -> None:
@@ -111,7 +122,7 @@ def check_against_model(name: str, arrays: dict[str, np.ndarray]) -> None:
 
 
 def file_config(name: str, arrays: dict[str, np.ndarray], *, input_path: str,
-                input_sha256: str) -> dict[str, Any]:
+                input_sha256: str, keep_background: bool = False) -> dict[str, Any]:
   """The config stored in the converted file (tag facts + what the file holds)."""
   from inception_jax import pretrained  # pylint: disable=g-import-not-at-top
   cfg = pretrained.get_pretrained_cfg(name)
@@ -121,6 +132,8 @@ def file_config(name: str, arrays: dict[str, np.ndarray], *, input_path: str,
       'format_version': FORMAT_VERSION,
       'num_classes': int(arrays['Logits/kernel'].shape[-1]) if include_top
                      else cfg.num_classes,
+      # TF-slim's background class kept: ImageNet class i is output i + 1.
+      'label_offset': cfg.label_offset + int(keep_background),
       'include_top': include_top,
       'aux_in_file': any(k.startswith(pretrained.AUX_PREFIXES) for k in arrays),
       'converted_from': {'file': os.path.basename(input_path), 'sha256': input_sha256},
@@ -143,8 +156,23 @@ def _hash_of(path: str, algo: str) -> str:
   return h.hexdigest()
 
 
-def convert(source: str, name: str, input_path: str, output_path: str) -> dict[str, Any]:
+def _digest_file(source: str, input_path: str) -> str:
+  """The file whose sha256 is recorded: the input, or a TF checkpoint prefix's index."""
+  if source == 'slim' and not os.path.isfile(input_path):
+    from third_party_weights import slim_ckpt  # pylint: disable=g-import-not-at-top
+    prefix = slim_ckpt.find_checkpoint(input_path)
+    return prefix + '.index' if os.path.exists(prefix + '.index') else prefix
+  if not os.path.isfile(input_path):
+    raise FileNotFoundError(f'no input file {input_path}')
+  return input_path
+
+
+def convert(source: str, name: str, input_path: str, output_path: str, *,
+            keep_background: bool = False) -> dict[str, Any]:
   """Converts ``input_path`` (weights ``name`` from ``source``) to ``output_path``.
+
+  ``keep_background`` (TF-slim only): keep the checkpoint's 1001st (background)
+  class; by default it is dropped.
 
   Returns:
     The config written into the output file.
@@ -154,12 +182,12 @@ def convert(source: str, name: str, input_path: str, output_path: str) -> dict[s
   if source != cfg.source:
     raise ValueError(f'{name} is published by {cfg.source}, not {source}; use '
                      f'--source {cfg.source}')
-  if not os.path.isfile(input_path):
-    raise FileNotFoundError(f'no input file {input_path}')
-  arrays = convert_arrays(source, name, input_path)
+  digest_of = _digest_file(source, input_path)
+  arrays = convert_arrays(source, name, input_path, keep_background=keep_background)
   check_against_model(name, arrays)
-  config = file_config(name, arrays, input_path=input_path,
-                       input_sha256=sha256_of(input_path))
+  config = file_config(name, arrays, input_path=digest_of,
+                       input_sha256=sha256_of(digest_of),
+                       keep_background=keep_background)
   os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
   tmp = output_path + '.tmp'
   weights.save(tmp, arrays, config)
@@ -206,8 +234,13 @@ def download(url: str, dest: str, file_hash: str | None, algo: str) -> str:
 
 
 def fetch_and_convert(name: str, *, manifest: str = MANIFEST, cache: str | None = None,
-                      notop: bool = False, output: str | None = None) -> str:
-  """Downloads, verifies, caches and converts the weights ``name``; returns the path."""
+                      notop: bool = False, output: str | None = None,
+                      keep_background: bool = False) -> str:
+  """Downloads, verifies, caches and converts the weights ``name``; returns the path.
+
+  A ``.tar.gz`` (TF-slim) is kept as downloaded; its checkpoint is extracted to a
+  temporary folder for the conversion.
+  """
   from inception_jax import pretrained  # pylint: disable=g-import-not-at-top
   entries = load_manifest(manifest)
   if name not in entries:
@@ -226,7 +259,7 @@ def fetch_and_convert(name: str, *, manifest: str = MANIFEST, cache: str | None 
   cfg = pretrained.get_pretrained_cfg(name)
   out = output or os.path.join(
       cache, cfg.converted_file_notop if notop else cfg.converted_file)
-  convert(e['source'], name, upstream, out)
+  convert(e['source'], name, upstream, out, keep_background=keep_background)
   return out
 
 
@@ -234,12 +267,15 @@ def main(argv: list[str] | None = None) -> int:
   p = argparse.ArgumentParser(
       prog='python -m third_party_weights.convert', description=__doc__.split('\n')[0])
   p.add_argument('--tag', help='download, verify, cache and convert this arch.tag')
-  p.add_argument('--source', choices=('timm', 'torchvision', 'keras'))
+  p.add_argument('--source', choices=SOURCES)
   p.add_argument('--arch', help='weights name arch.tag of --input (e.g. '
                  'inception_v3.tf_in1k)')
   p.add_argument('--input', help='local source file')
   p.add_argument('--output', help='converted file (default: the cache directory)')
   p.add_argument('--notop', action='store_true', help='with --tag: the no-top file')
+  p.add_argument('--keep_background', action='store_true',
+                 help='TF-slim: keep the 1001st "background" class (label_offset=1); '
+                      'by default it is dropped, leaving the 1000 ImageNet classes')
   p.add_argument('--manifest', default=MANIFEST, help=argparse.SUPPRESS)
   p.add_argument('--cache', default=None,
                  help='cache directory (default $INCEPTION_JAX_CACHE or '
@@ -250,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
       if a.input or a.source:
         p.error('--tag downloads the file itself; do not combine it with --input/--source')
       out = fetch_and_convert(a.tag, manifest=a.manifest, cache=a.cache,
-                              notop=a.notop, output=a.output)
+                              notop=a.notop, output=a.output,
+                              keep_background=a.keep_background)
     else:
       if not (a.source and a.arch and a.input):
         p.error('give --tag TAG, or --source, --arch and --input')
@@ -258,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
       out = a.output or os.path.join(
           a.cache or pretrained.cache_dir(),
           pretrained.get_pretrained_cfg(a.arch).converted_file)
-      convert(a.source, a.arch, a.input, out)
+      convert(a.source, a.arch, a.input, out, keep_background=a.keep_background)
   except (ValueError, FileNotFoundError, DownloadError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
