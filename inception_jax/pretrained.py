@@ -47,6 +47,17 @@ _KERAS = (('bn_eps', 1e-3), ('bn_scale', False), ('count_include_pad', False),
           ('padding', 'tf'))
 _GOOGLENET = (('bn_eps', 1e-3), ('bn_scale', True), ('count_include_pad', False),
               ('padding', 'symmetric'))
+# facenet-pytorch: BN with gamma (set to 1 when ported from TF), stride-2 layers VALID
+# (so 'tf' == symmetric padding), FaceNet's head: dropout 0.6, 512-d bottleneck.
+_FACENET = (('bn_eps', 1e-3), ('bn_scale', True), ('count_include_pad', False),
+            ('dropout_rate', 0.6), ('embedding_size', 512), ('padding', 'tf'))
+# FaceNet's fixed image standardisation (pixel - 127.5) / 128 as mean/std of [0, 1].
+FACENET_MEAN = (0.5, 0.5, 0.5)
+FACENET_STD = (128 / 255,) * 3
+# TF-slim checkpoints: BN without gamma, TF SAME padding (v1/v2 pad stride-2 layers
+# asymmetrically), average pools excluding padding.
+_SLIM = (('bn_eps', 1e-3), ('bn_scale', False), ('count_include_pad', False),
+         ('padding', 'tf'))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +73,10 @@ class PretrainedCfg:
     num_classes: classifier width of the file.
     label_offset: 1 when class 0 of the file is TF-slim's "background" and the
       ImageNet classes start at 1 (1001-class heads); 0 otherwise.
+    background: the published file has TF-slim's background class at index 0
+      (1001 outputs). The converter drops it (``num_classes`` 1000,
+      ``label_offset`` 0) unless asked to keep it (``--keep_background``: 1001
+      classes, ``label_offset`` 1, recorded in the converted file).
     has_aux: the file carries trained auxiliary classifier weights.
     input_size: training/eval resolution (square).
     crop_pct: fraction of the resized image kept by the centre crop.
@@ -75,8 +90,10 @@ class PretrainedCfg:
     hash_algo: 'sha256' or 'md5' (what ``file_hash`` is).
     url_notop: upstream file without the classifier (Keras), if any.
     file_hash_notop: its published hash.
-    top1: top-1 accuracy (%) on ImageNet-1k val reported by the publisher.
-    top5: top-5 accuracy (%).
+    top1: top-1 accuracy (%) on ImageNet-1k val reported by the publisher (or
+      the paper that released the weights); None for non-ImageNet weights.
+    top5: top-5 accuracy (%), or None.
+    reported: the publisher's figure for non-ImageNet weights (FaceNet: LFW).
     license: licence of the weights.
     origin: provenance in one line.
   """
@@ -86,12 +103,13 @@ class PretrainedCfg:
   options: tuple[tuple[str, Any], ...]
   url: str
   file_name: str
-  top1: float
-  top5: float
+  top1: float | None
+  top5: float | None
   license: str
   origin: str
   num_classes: int = 1000
   label_offset: int = 0
+  background: bool = False
   has_aux: bool = False
   input_size: int = 299
   crop_pct: float = 0.875
@@ -102,6 +120,7 @@ class PretrainedCfg:
   hash_algo: str = 'sha256'
   url_notop: str | None = None
   file_hash_notop: str | None = None
+  reported: str | None = None
 
   @property
   def name(self) -> str:
@@ -124,6 +143,7 @@ class PretrainedCfg:
 
 
 _HF = 'https://huggingface.co/timm/{}/resolve/main/model.safetensors'
+_TF_MODELS = 'https://download.tensorflow.org/models/'
 _KERAS_URL = 'https://storage.googleapis.com/tensorflow/keras-applications/'
 
 _CFGS = (
@@ -203,6 +223,84 @@ _CFGS = (
         top1=80.256, top5=95.252, license='Apache-2.0 (keras-applications)',
         origin='keras.applications.InceptionResNetV2 weights (release v0.7), '
                'converted from TF-slim inception_resnet_v2_2016_08_30'),
+)
+
+
+
+def _slim(arch, tag, tarball, top1, top5, origin, *, input_size=299, has_aux=True):
+  """A TF-slim checkpoint: 1001 classes, slim's eval preprocessing.
+
+  TF-slim ``inception_preprocessing.preprocess_for_eval``: central crop of 87.5%,
+  bilinear resize, ``x / 127.5 - 1``. No hash is published for these tarballs.
+  """
+  return PretrainedCfg(
+      arch=arch, tag=tag, source='slim', options=_SLIM,
+      url=_TF_MODELS + tarball, file_name=tarball, background=True,
+      input_size=input_size, crop_pct=0.875, interpolation='bilinear',
+      has_aux=has_aux, top1=top1, top5=top5, license='Apache-2.0', origin=origin)
+
+
+# TF-slim model zoo (tensorflow/models research/slim README: accuracy on the
+# ImageNet validation set, single central crop) and the adversarially trained
+# Inceptions (research/adv_imagenet_models; accuracy = 100 - clean error of
+# Tramer et al., arXiv 1705.07204, Table 4).
+_SLIM_CFGS = (
+    _slim('inception_v1_bn', 'slim_in1k', 'inception_v1_2016_08_28.tar.gz', 69.8, 89.6,
+          'TF-slim inception_v1 checkpoint (BN GoogLeNet)', input_size=224,
+          has_aux=False),
+    _slim('inception_v2', 'slim_in1k', 'inception_v2_2016_08_28.tar.gz', 73.9, 91.8,
+          'TF-slim inception_v2 checkpoint (BN-Inception)', input_size=224,
+          has_aux=False),
+    _slim('inception_v3', 'slim_in1k', 'inception_v3_2016_08_28.tar.gz', 78.0, 93.9,
+          'TF-slim inception_v3 checkpoint, with AuxLogits'),
+    _slim('inception_v4', 'slim_in1k', 'inception_v4_2016_09_09.tar.gz', 80.2, 95.2,
+          'TF-slim inception_v4 checkpoint, with AuxLogits'),
+    _slim('inception_resnet_v2', 'slim_in1k', 'inception_resnet_v2_2016_08_30.tar.gz',
+          80.4, 95.3, 'TF-slim inception_resnet_v2 checkpoint, with AuxLogits'),
+    _slim('inception_v3', 'slim_adv_in1k', 'adv_inception_v3_2017_08_18.tar.gz',
+          78.0, 93.9, 'adversarially trained Inception-v3 (Step-L.L., Kurakin et al. '
+          'arXiv 1611.01236; "v3adv")', has_aux=False),
+    _slim('inception_v3', 'slim_ens3_adv_in1k', 'ens3_adv_inception_v3_2017_08_18.tar.gz',
+          76.4, 92.4, 'ensemble adversarial training, Step-L.L. on 3 models (Tramer et '
+          'al. arXiv 1705.07204; "v3adv-ens3")', has_aux=False),
+    _slim('inception_v3', 'slim_ens4_adv_in1k', 'ens4_adv_inception_v3_2017_08_18.tar.gz',
+          75.8, 92.2, 'ensemble adversarial training, Step-L.L. on 4 models (Tramer et '
+          'al. arXiv 1705.07204; "v3adv-ens4")', has_aux=False),
+    _slim('inception_resnet_v2', 'slim_adv_in1k',
+          'adv_inception_resnet_v2_2017_12_18.tar.gz', 80.2, 95.1,
+          'adversarially trained Inception-ResNet-v2 (Step-L.L.; "IRv2adv" of arXiv '
+          '1705.07204)', has_aux=False),
+    _slim('inception_resnet_v2', 'slim_ens_adv_in1k',
+          'ens_adv_inception_resnet_v2_2017_08_18.tar.gz', 79.8, 94.9,
+          'ensemble adversarial training, Step-L.L. on 3 models (arXiv 1705.07204; '
+          '"IRv2adv-ens")', has_aux=False),
+)
+_CFGS += _SLIM_CFGS
+
+_FACENET_URL = 'https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/'
+
+
+def _facenet(tag, file_name, classes, lfw, origin):
+  """FaceNet Inception-ResNet-v1 as published by facenet-pytorch (no hash published).
+
+  Input: aligned face crops (facenet-pytorch's MTCNN), 160x160, standardised as
+  ``(pixel - 127.5) / 128``; the crop is the whole image (``crop_pct`` 1).
+  """
+  return PretrainedCfg(
+      arch='inception_resnet_v1', tag=tag, source='facenet', options=_FACENET,
+      url=_FACENET_URL + file_name, file_name=file_name, num_classes=classes,
+      input_size=160, crop_pct=1.0, interpolation='bilinear', mean=FACENET_MEAN,
+      std=FACENET_STD, top1=None, top5=None, reported=f'LFW accuracy {lfw}',
+      license='MIT (davidsandberg/facenet, facenet-pytorch)', origin=origin)
+
+
+_CFGS += (
+    _facenet('vggface2', '20180402-114759-vggface2.pt', 8631, 0.9965,
+             'FaceNet 20180402-114759 (David Sandberg), trained on VGGFace2, ported by '
+             'facenet-pytorch; 512-d embedding, 8631-identity classifier'),
+    _facenet('casia_webface', '20180408-102900-casia-webface.pt', 10575, 0.9905,
+             'FaceNet 20180408-102900 (David Sandberg), trained on CASIA-WebFace, ported '
+             'by facenet-pytorch; 512-d embedding, 10575-identity classifier'),
 )
 
 _BY_NAME = {c.name: c for c in _CFGS}
@@ -313,15 +411,17 @@ def _build_loaded(make, arrays: dict, *, skip: list[str], source: str,
   return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
-def create_pretrained(name: str, *, path: str | None = None, num_classes: int = 1000,
-                      rngs: nnx.Rngs | None = None, **options: Any):
+def create_pretrained(name: str, *, path: str | None = None,
+                      num_classes: int | None = None, rngs: nnx.Rngs | None = None,
+                      **options: Any):
   """Builds ``arch`` with the options of a tag and loads converted weights strictly.
 
   Args:
     name: ``arch.tag`` (``inception_v3.tf_in1k``) or ``arch`` with ``path``.
     path: converted weight file; default: the tag's file in ``cache_dir()``.
-    num_classes: classifier width. A value different from the file's keeps the
-      backbone and re-initialises the classifier(s) from ``rngs``.
+    num_classes: classifier width; None: the file's (1000, 1001 for a TF-slim file
+      converted with its background class). A value different from the file's
+      keeps the backbone and re-initialises the classifier(s) from ``rngs``.
     rngs: RNGs for re-initialised parameters and dropout.
     **options: model options; the tag's numerics options are the defaults.
       ``include_top=False`` loads a no-top file or a full file without its
@@ -342,6 +442,12 @@ def create_pretrained(name: str, *, path: str | None = None, num_classes: int = 
   opts = {**dict(cfg.options), **options}
   include_top = opts.get('include_top', True)
   file_classes = int(config.get('num_classes', cfg.num_classes))
+  file_offset = int(config.get('label_offset', cfg.label_offset))
+  if (file_classes, file_offset) != (cfg.num_classes, cfg.label_offset):
+    # e.g. a TF-slim file converted with --keep_background: 1001 classes, offset 1
+    cfg = dataclasses.replace(cfg, num_classes=file_classes, label_offset=file_offset)
+  if num_classes is None:
+    num_classes = file_classes
   file_has_top = 'Logits/kernel' in arrays
   file_has_aux = any(k.startswith(AUX_PREFIXES) for k in arrays)
 

@@ -43,16 +43,18 @@ def get_arch(name: str) -> specs.ArchSpec:
   return _ARCHS[name]
 
 
-def create_model(name: str, *, num_classes: int = 1000, rngs: nnx.Rngs | None = None,
-                 pretrained: str | None = None, **options: Any) -> model_lib.Inception:
+def create_model(name: str, *, num_classes: int | None = None,
+                 rngs: nnx.Rngs | None = None, pretrained: str | None = None,
+                 **options: Any) -> model_lib.Inception:
   """Builds a network of the family.
 
   Args:
     name: an architecture from ``list_models()`` or a pretrained tag
       ``arch.tag`` from ``list_pretrained()``; a tag sets the options that make
       the network match its source (padding, ``count_include_pad``, BN scale...).
-    num_classes: classifier width. With pretrained weights a different value keeps
-      the backbone and re-initialises the classifier (transfer learning).
+    num_classes: classifier width; None: 1000, or the width of the pretrained
+      file. With pretrained weights a different value keeps the backbone and
+      re-initialises the classifier (transfer learning).
     rngs: parameter/dropout RNGs; ``nnx.Rngs(0)`` when omitted.
     pretrained: path of a converted weight file (``third_party_weights.convert``)
       to load strictly into the network.
@@ -61,7 +63,8 @@ def create_model(name: str, *, num_classes: int = 1000, rngs: nnx.Rngs | None = 
       options ``padding`` ('tf' | 'symmetric'), ``count_include_pad``,
       ``batch_norm``, ``bn_eps``, ``bn_momentum``, ``bn_scale``, ``conv_bias``; and
       ``scan_blocks`` (default True: the Inception-ResNet block loop stays rolled;
-      False unrolls it).
+      False unrolls it); ``embedding_size`` (a FaceNet bottleneck head of that
+      size; see ``Inception.embed``).
 
   Returns:
     An ``Inception`` module in eval mode.
@@ -74,6 +77,8 @@ def create_model(name: str, *, num_classes: int = 1000, rngs: nnx.Rngs | None = 
     return pretrained_lib.create_pretrained(
         name, path=pretrained, num_classes=num_classes, rngs=rngs, **options)
   spec = get_arch(arch)
+  if num_classes is None:
+    num_classes = 1000
   try:
     return model_lib.Inception(spec, num_classes=num_classes, rngs=rngs, **options)
   except TypeError as e:
