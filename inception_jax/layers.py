@@ -66,7 +66,7 @@ def _pair(v):
 
 
 class BatchNorm(nnx.Module):
-  """BatchNorm over N, H, W with statistics in float32, applied as ``x * a + b``.
+  """BatchNorm over N, H, W (or N) with statistics in float32, applied as ``x * a + b``.
 
   Same variables as ``nnx.BatchNorm`` (``scale`` (optional), ``bias``, ``mean``,
   ``var``) and the same switch: ``use_running_average``, flipped by
@@ -95,8 +95,9 @@ class BatchNorm(nnx.Module):
       mean, var = self.mean[...], self.var[...]
     else:
       xf = x.astype(jnp.float32)
-      mean = jnp.mean(xf, axis=(0, 1, 2))
-      var = jnp.maximum(jnp.mean(jnp.square(xf), axis=(0, 1, 2)) - jnp.square(mean), 0.0)
+      axes = tuple(range(x.ndim - 1))  # N, H, W (or N: FaceNet's bottleneck)
+      mean = jnp.mean(xf, axis=axes)
+      var = jnp.maximum(jnp.mean(jnp.square(xf), axis=axes) - jnp.square(mean), 0.0)
       m = self.momentum
       self.mean.set_value(jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * mean))
       self.var.set_value(jax.lax.stop_gradient(m * self.var[...] + (1 - m) * var))
@@ -567,6 +568,31 @@ class SlimAux(nnx.Module):
     x = nnx.avg_pool(x, (5, 5), (3, 3), 'VALID')
     x = self.Conv2d_2a_5x5(self.Conv2d_1b_1x1(x))
     return self.Logits(global_pool(x, 'avg'))
+
+
+class Bottleneck(nnx.Module):
+  """FaceNet's embedding layer: a linear map without bias, then BatchNorm.
+
+  davidsandberg/facenet ``Bottleneck`` (a ``slim.fully_connected`` with BatchNorm,
+  epsilon 1e-3); facenet-pytorch ``last_linear`` + ``last_bn``. Its output,
+  L2-normalised, is the face embedding.
+  """
+
+  def __init__(self, in_features: int, size: int, num: Numerics, *, rngs: nnx.Rngs):
+    self.fc = nnx.Linear(in_features, size, use_bias=False, dtype=num.dtype,
+                         param_dtype=num.param_dtype, kernel_init=_linear_init, rngs=rngs)
+    self.bn = BatchNorm(size, momentum=num.bn_momentum, epsilon=num.bn_eps,
+                        use_scale=num.bn_scale, dtype=num.dtype,
+                        param_dtype=num.param_dtype)
+
+  def __call__(self, x: Array) -> Array:
+    return self.bn(self.fc(x))
+
+
+def l2_normalize(x: Array, eps: float = 1e-12) -> Array:
+  """``x / max(||x||, eps)`` along the last axis (``torch.nn.functional.normalize``)."""
+  x = x.astype(jnp.float32)
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
 AUX_HEADS = {'googlenet': GoogLeNetAux, 'slim': SlimAux}

@@ -27,6 +27,7 @@ BASE_DEFAULTS = dict(
     bn_scale=True,
     conv_bias=None,
     scan_blocks=True,
+    embedding_size=None,
 )
 
 OPTIONS = ('num_classes', 'include_top', 'pooling', 'dtype', 'param_dtype',
@@ -59,6 +60,12 @@ class Inception(nnx.Module):
   * ``model.features(x)``: ordered dict of every endpoint, named by the
     checkpoint scopes (``Conv2d_1a_3x3`` ... ``Mixed_7c``); the last is the final
     feature map before pooling.
+  * ``model.embed(x)``: L2-normalised embeddings for verification / retrieval.
+
+  With ``embedding_size=D`` (FaceNet: 512) the pooled features go through dropout
+  and a ``Bottleneck`` (linear without bias + BatchNorm) to D dimensions; the
+  classifier (``include_top``) then reads that D-dimensional vector, and with
+  ``include_top=False`` the model returns it L2-normalised (the face embedding).
   """
 
   def __init__(self, spec: specs.ArchSpec, *, rngs: nnx.Rngs, num_classes: int = 1000,
@@ -82,6 +89,12 @@ class Inception(nnx.Module):
       raise ValueError(f"padding must be 'tf' or 'symmetric', got {opts['padding']!r}")
     if not 0.0 <= opts['dropout_rate'] < 1.0:
       raise ValueError(f"dropout_rate must be in [0, 1), got {opts['dropout_rate']}")
+    emb = opts['embedding_size']
+    if emb is not None and (not isinstance(emb, int) or isinstance(emb, bool) or emb < 1):
+      raise ValueError(f'embedding_size must be a positive int or None, got {emb!r}')
+    if emb is not None and pooling is None:
+      raise ValueError("embedding_size needs pooling='avg' or 'max' (the bottleneck "
+                       'reads the pooled features)')
     if opts['aux_logits'] and not spec.aux_heads:
       raise ValueError(f'{spec.name} has no auxiliary classifier; drop aux_logits=True')
     if opts['aux_logits'] and not include_top:
@@ -123,12 +136,15 @@ class Inception(nnx.Module):
         setattr(self, head.name, layers.AUX_HEADS[head.kind](
             head, channels[head.endpoint], num_classes, num, rngs=rngs))
       self.aux_names = tuple((h.name, h.endpoint) for h in spec.aux_heads)
+    self.embedding_size = emb
+    # FaceNet: pooled -> dropout -> Bottleneck (-> L2 norm | -> Logits).
+    self.Bottleneck = layers.Bottleneck(c, emb, num, rngs=rngs) if emb else None
+    self.dropout = (nnx.Dropout(opts['dropout_rate'], rngs=rngs)
+                    if include_top or emb else None)
     if include_top:
-      self.dropout = nnx.Dropout(opts['dropout_rate'], rngs=rngs)
-      self.Logits = nnx.Linear(c, num_classes, dtype=dtype, param_dtype=param_dtype,
+      self.Logits = nnx.Linear(emb or c, num_classes, dtype=dtype, param_dtype=param_dtype,
                                kernel_init=layers._linear_init, rngs=rngs)
     else:
-      self.dropout = None
       self.Logits = None
     self.eval()
 
@@ -171,6 +187,25 @@ class Inception(nnx.Module):
       out[name] = x
     return out
 
+  def embed(self, x: Array) -> Array:
+    """L2-normalised embeddings ``[B, D]`` (float32), for verification or retrieval.
+
+    With an embedding head (``embedding_size``, e.g. the FaceNet tags) D is its
+    size: FaceNet's face embedding, compared by Euclidean distance (or, the same
+    ranking, cosine similarity ``e1 @ e2``); two faces are the same person when the
+    distance is below a threshold chosen on labelled pairs (FaceNet's LFW protocol).
+    Without one, the globally pooled features (``pooling``, or average) normalised.
+
+    Args:
+      x: float images ``[B, H, W, C]`` preprocessed as the weights expect
+        (FaceNet: ``(pixel - 127.5) / 128`` on aligned face crops, 160x160).
+    """
+    h = self.features(x)[self.layer_names[-1]]
+    h = layers.global_pool(h, self.pooling or 'avg')
+    if self.Bottleneck is not None:
+      h = self.Bottleneck(self.dropout(h))
+    return layers.l2_normalize(h)
+
   def __call__(self, x: Array) -> Array | InceptionOutput:
     """Logits (or features, see the class docstring) of a batch of NHWC images."""
     endpoints = self.features(x)
@@ -178,9 +213,15 @@ class Inception(nnx.Module):
     if self.pooling is None:
       return x
     x = layers.global_pool(x, self.pooling)
-    if not self.include_top:
+    if self.Bottleneck is not None:
+      x = self.Bottleneck(self.dropout(x))
+      if not self.include_top:
+        return layers.l2_normalize(x)
+      logits = self.Logits(x).astype(jnp.float32)
+    elif not self.include_top:
       return x
-    logits = self.Logits(self.dropout(x)).astype(jnp.float32)
+    else:
+      logits = self.Logits(self.dropout(x)).astype(jnp.float32)
     if self.deterministic or not self.aux_names:
       return logits
     aux = {name: getattr(self, name)(endpoints[ep]).astype(jnp.float32)

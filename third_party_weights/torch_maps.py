@@ -11,6 +11,9 @@ Kinds:
     running_var}`` -> ``conv/kernel``, ``bn/{scale,bias,mean,var}``.
   * ``conv``: a plain conv with bias (Inception-ResNet up-projection).
   * ``linear``: ``weight [out, in]`` -> ``kernel [in, out]``, ``bias``.
+  * ``linear_nobias``: ``weight`` only (FaceNet's bottleneck).
+  * ``bn``: a bare ``BatchNorm1d`` (``weight, bias, running_mean, running_var``) ->
+    ``{scale, bias, mean, var}`` (FaceNet's ``last_bn``).
 
 Repeated Inception-ResNet blocks (timm ``repeat.0`` .. ``repeat.9``) are stacked on a
 leading axis into one project path (``Repeat/block35``).
@@ -40,7 +43,7 @@ class Row:
   """One module: torch prefixes (several = stacked on axis 0) -> project path."""
   torch: tuple[str, ...]
   project: str
-  kind: str  # 'convbn' | 'conv' | 'linear'
+  kind: str  # 'convbn' | 'conv' | 'linear' | 'linear_nobias' | 'bn'
   stacked: bool = False  # a Repeat: torch modules stacked on a new leading axis
   # Optional transform of a linear kernel [in, out] (e.g. a flatten-order permutation).
   fix: Callable[[np.ndarray], np.ndarray] | None = None
@@ -60,11 +63,14 @@ def _tensors(row: Row) -> list[tuple[str, str, Callable[[np.ndarray], np.ndarray
         (t, p, ident) for t, p in BN_SUFFIXES]
   if row.kind == 'conv':
     return [('weight', 'conv/kernel', _conv_kernel), ('bias', 'conv/bias', ident)]
-  if row.kind == 'linear':
+  if row.kind in ('linear', 'linear_nobias'):
     def kernel(w):
       k = np.transpose(w)
       return row.fix(k) if row.fix else k
-    return [('weight', 'kernel', kernel), ('bias', 'bias', ident)]
+    bias = [('bias', 'bias', ident)] if row.kind == 'linear' else []
+    return [('weight', 'kernel', kernel)] + bias
+  if row.kind == 'bn':
+    return [(t.removeprefix('bn.'), p.removeprefix('bn/'), ident) for t, p in BN_SUFFIXES]
   raise ValueError(f'unknown row kind {row.kind!r}')
 
 
@@ -341,12 +347,45 @@ INCEPTION_V1_BN = [
     Row(('fc',), 'Logits', 'linear'),
 ]
 
-# arch -> (main rows, aux rows)
+# ----------------------------------------------------------------------------------
+# Inception-ResNet-v1: facenet-pytorch ``InceptionResnetV1`` (a port of David
+# Sandberg's FaceNet): the TF-slim-like trunk, then the embedding head
+# ``last_linear`` (1792 -> 512, no bias) + ``last_bn`` (BatchNorm1d) -> ``Bottleneck``
+# (``fc`` + ``bn``), and the optional face classifier ``logits`` -> ``Logits``.
+
+INCEPTION_RESNET_V1 = [
+    Row(('conv2d_1a',), 'Conv2d_1a_3x3', 'convbn'),
+    Row(('conv2d_2a',), 'Conv2d_2a_3x3', 'convbn'),
+    Row(('conv2d_2b',), 'Conv2d_2b_3x3', 'convbn'),
+    Row(('conv2d_3b',), 'Conv2d_3b_1x1', 'convbn'),
+    Row(('conv2d_4a',), 'Conv2d_4a_3x3', 'convbn'),
+    Row(('conv2d_4b',), 'Conv2d_4b_3x3', 'convbn'),
+    *_residual('repeat_1', 5, 'Repeat/block35', _BLOCK35),
+    *_branches('mixed_6a', 'Mixed_6a', [
+        ('branch0', 'Branch_0/Conv2d_1a_3x3'),
+        ('branch1.0', 'Branch_1/Conv2d_0a_1x1'), ('branch1.1', 'Branch_1/Conv2d_0b_3x3'),
+        ('branch1.2', 'Branch_1/Conv2d_1a_3x3')]),
+    *_residual('repeat_2', 10, 'Repeat_1/block17', _BLOCK17),
+    *_branches('mixed_7a', 'Mixed_7a', [
+        ('branch0.0', 'Branch_0/Conv2d_0a_1x1'), ('branch0.1', 'Branch_0/Conv2d_1a_3x3'),
+        ('branch1.0', 'Branch_1/Conv2d_0a_1x1'), ('branch1.1', 'Branch_1/Conv2d_1a_3x3'),
+        ('branch2.0', 'Branch_2/Conv2d_0a_1x1'), ('branch2.1', 'Branch_2/Conv2d_0b_3x3'),
+        ('branch2.2', 'Branch_2/Conv2d_1a_3x3')]),
+    *_residual('repeat_3', 5, 'Repeat_2/block8', _BLOCK8),
+    *_residual('block8', None, 'Block8', _BLOCK8),
+    Row(('last_linear',), 'Bottleneck/fc', 'linear_nobias'),
+    Row(('last_bn',), 'Bottleneck/bn', 'bn'),
+]
+INCEPTION_RESNET_V1_LOGITS = [Row(('logits',), 'Logits', 'linear')]
+
+# arch -> (rows, optional rows: converted when the file has their first module --
+# auxiliary heads, FaceNet's face classifier)
 MAPS = {
     'inception_v3': (INCEPTION_V3, INCEPTION_V3_AUX),
     'inception_v4': (INCEPTION_V4, []),
     'inception_resnet_v2': (INCEPTION_RESNET_V2, []),
     'inception_v1_bn': (INCEPTION_V1_BN, []),
+    'inception_resnet_v1': (INCEPTION_RESNET_V1, INCEPTION_RESNET_V1_LOGITS),
 }
 
 # Modules present in a source file that are deliberately not converted.
