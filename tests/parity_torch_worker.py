@@ -6,7 +6,8 @@ crashes the process). For each weight tag it builds the reference network
 affine parameters, saves it in the published file format (``.pth`` state dict;
 ``.safetensors`` too for timm, the Hugging Face format), converts the file with the
 CLI in a subprocess, loads it with ``create_model(TAG, pretrained=OUT)`` and
-compares logits, pooled features and auxiliary logits on one batch.
+compares logits, pooled features and auxiliary logits on one batch. FaceNet tags
+(facenet-pytorch ``InceptionResnetV1``) compare logits, embeddings and distances.
 
 Usage: python tests/parity_torch_worker.py OUT_DIR TAG [TAG ...]
 Writes OUT_DIR/parity.json: tag -> measurements (or the error).
@@ -71,7 +72,7 @@ def randomise(model: torch.nn.Module, x: torch.Tensor, seed: int) -> None:
       m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
       if m.bias is not None:
         m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-    elif isinstance(m, torch.nn.BatchNorm2d):
+    elif isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)):
       m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
       m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.2)
       m.reset_running_stats()
@@ -205,6 +206,75 @@ def run_tag(tag: str, out_dir: str, batch: np.ndarray, models: dict) -> dict:
   return rec
 
 
+FACENET_TAGS = ('inception_resnet_v1.vggface2', 'inception_resnet_v1.casia_webface')
+
+
+def run_facenet(tag: str, out_dir: str, batch: np.ndarray) -> dict:
+  """facenet-pytorch ``InceptionResnetV1`` vs ours: logits, embeddings, distances.
+
+  The reference is built as facenet-pytorch builds it for its weights (classifier
+  of the tag's width, dropout 0.6), randomised like the others, and saved as the
+  published ``.pt`` (its state dict, with ``logits``). The compared batch is three
+  dissimilar faces-to-be (noise, waves, blobs) and a copy of the first with 2%
+  noise: the verification-style distances must agree with facenet-pytorch's and
+  put the noisy copy nearest to its original.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from facenet_pytorch.models.inception_resnet_v1 import InceptionResnetV1  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  import inception_jax  # pylint: disable=g-import-not-at-top
+  from inception_jax import pretrained  # pylint: disable=g-import-not-at-top
+
+  t0 = time.time()
+  cfg = pretrained.get_pretrained_cfg(tag)
+  size = cfg.input_size
+  x01 = batch[:, :size, :size]
+  rng = np.random.default_rng(7)
+  noisy = np.clip(x01[0] + rng.normal(0, 0.02, x01[0].shape), 0, 1).astype(np.float32)
+  test01 = np.stack([x01[0], x01[1], x01[2], noisy])
+  # facenet-pytorch's fixed_image_standardization on 0..255 pixels ...
+  norm_ref = lambda a: (a * 255.0 - 127.5) / 128.0
+  # ... and ours: the tag's mean/std on [0, 1] (the same numbers).
+  norm_ours = lambda a: (a - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std,
+                                                                           np.float32)
+  to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
+
+  ref = InceptionResnetV1(classify=True, num_classes=cfg.num_classes)
+  randomise(ref, to_t(norm_ref(x01)), sum(map(ord, tag)))
+  src = os.path.join(out_dir, cfg.file_name)
+  torch.save({k: v.contiguous() for k, v in ref.state_dict().items()}, src)
+  out = os.path.join(out_dir, f'{tag}.converted.safetensors')
+  proc = start_convert('facenet', tag, src, out)
+  with torch.no_grad():
+    ref_logits = ref(to_t(norm_ref(test01))).numpy()
+    ref.classify = False
+    ref_emb = ref(to_t(norm_ref(test01))).numpy()
+  finish_convert(proc)
+
+  x = norm_ours(test01)
+  model = inception_jax.create_model(tag, pretrained=out)
+  logits, emb = nnx.jit(lambda m, x: (m(x), m.embed(x)))(model, x)
+  logits, emb = np.asarray(logits), np.asarray(emb)
+  notop = inception_jax.create_model(tag, pretrained=out, include_top=False)
+  emb_notop = np.asarray(nnx.jit(lambda m, x: m(x))(notop, x))
+
+  sq_dist = lambda e: ((e[:, None] - e[None]) ** 2).sum(-1)  # squared L2, [4, 4]
+  rec = {'source': cfg.source, 'num_classes': int(logits.shape[-1])}
+  rec['logits_max_abs_diff'] = float(np.max(np.abs(logits - ref_logits)))
+  rec['logits_max_abs'] = float(np.max(np.abs(ref_logits)))
+  rec['top1_ref'] = ref_logits.argmax(-1).tolist()
+  rec['top1_ours'] = logits.argmax(-1).tolist()
+  rec['embedding_max_abs_diff'] = float(np.max(np.abs(emb - ref_emb)))
+  rec['embedding_notop_max_abs_diff'] = float(np.max(np.abs(emb_notop - ref_emb)))
+  rec['embedding_norms'] = np.linalg.norm(emb, axis=1).tolist()
+  rec['sq_l2_ours'], rec['sq_l2_ref'] = sq_dist(emb).tolist(), sq_dist(ref_emb).tolist()
+  rec['cosine_max_abs_diff'] = float(np.max(np.abs(emb @ emb.T - ref_emb @ ref_emb.T)))
+  rec['seconds'] = round(time.time() - t0, 1)
+  jax.clear_caches()
+  return rec
+
+
 def preprocessing_check(out_dir: str) -> dict:
   """Our eval transform vs torchvision's / timm's on a synthetic photo-like image."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
@@ -259,7 +329,10 @@ def main() -> int:
   results, models = {}, {}
   for tag in tags:
     try:
-      results[tag] = run_tag(tag, out_dir, batch, models)
+      if tag in FACENET_TAGS:
+        results[tag] = run_facenet(tag, out_dir, batch)
+      else:
+        results[tag] = run_tag(tag, out_dir, batch, models)
     except Exception:  # recorded per tag; the test reports it
       results[tag] = {'error': traceback.format_exc()[-3000:]}
     print(tag, json.dumps(results[tag]), flush=True)

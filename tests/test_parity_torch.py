@@ -1,13 +1,14 @@
 """Logit parity of converted torch weights, and the converter CLI's failure modes.
 
-The reference networks (torchvision, timm) run in ``parity_torch_worker.py``, a
-subprocess that never imports tensorflow (tensorflow followed by torch._dynamo /
-triton crashes the process). For every torch-published tag the worker builds the
-reference with random weights and randomised BN statistics and affine parameters,
-saves it in the published format, converts it with the CLI, loads it with
-``create_model(TAG, pretrained=...)`` and compares logits, pooled features and aux
-logits on the same batch. The measured differences are written to
-``parity.json`` in the test's temporary directory (and printed).
+The reference networks (torchvision, timm, facenet-pytorch) run in
+``parity_torch_worker.py``, a subprocess that never imports tensorflow (tensorflow
+followed by torch._dynamo / triton crashes the process). For every torch-published
+tag the worker builds the reference with random weights and randomised BN
+statistics and affine parameters, saves it in the published format, converts it
+with the CLI, loads it with ``create_model(TAG, pretrained=...)`` and compares
+logits, pooled features and aux logits on the same batch (FaceNet: logits,
+embeddings and the distances between them). The measured differences are written
+to ``parity.json`` in the test's temporary directory (and printed).
 """
 
 import functools
@@ -33,6 +34,7 @@ TORCH_TAGS = [
     'inception_v3.tf_adv_in1k', 'inception_v3.gluon_in1k', 'inception_v4.tf_in1k',
     'inception_resnet_v2.tf_in1k', 'inception_resnet_v2.tf_ens_adv_in1k',
 ]
+FACENET_TAGS = ['inception_resnet_v1.vggface2', 'inception_resnet_v1.casia_webface']
 TOL = 1e-4  # float32 max |logit difference|
 
 
@@ -45,17 +47,19 @@ def parity(tmp_path_factory):
   """Runs the worker once for every tag; returns (results, directory)."""
   d = tmp_path_factory.mktemp('parity')
   r = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'parity_torch_worker.py'),
-                      str(d), *TORCH_TAGS], cwd=ROOT, env=_env(), capture_output=True,
+                      str(d), *TORCH_TAGS, *FACENET_TAGS], cwd=ROOT, env=_env(),
+                     capture_output=True,
                      text=True, timeout=3000)
   print(r.stdout[-6000:])
   assert r.returncode == 0, r.stderr[-4000:]
   with open(d / 'parity.json', encoding='utf-8') as f:
     results = json.load(f)
   print('parity results:', d / 'parity.json')
-  for tag in TORCH_TAGS:
+  for tag in TORCH_TAGS + FACENET_TAGS:
     rec = results.get(tag, {})
     print(f"{tag:40s} logits {rec.get('logits_max_abs_diff')} pooled "
-          f"{rec.get('pooled_max_abs_diff')} aux {rec.get('aux_max_abs_diff')}")
+          f"{rec.get('pooled_max_abs_diff')} aux {rec.get('aux_max_abs_diff')} "
+          f"embedding {rec.get('embedding_max_abs_diff')}")
   return results, d
 
 
@@ -70,6 +74,29 @@ def test_logits_features_and_aux_match_reference(parity, tag):
   assert rec['logits_max_abs'] > 1.0, rec
   if tag == 'inception_v3.tv_in1k':  # the only torch source with trained aux heads
     assert rec['aux_max_abs_diff'] <= TOL, rec
+
+
+@pytest.mark.parametrize('tag', FACENET_TAGS)
+def test_facenet_logits_embeddings_and_distances(parity, tag):
+  """facenet-pytorch's classifier logits, embeddings and verification distances."""
+  rec = parity[0][tag]
+  assert 'error' not in rec, rec.get('error')
+  assert rec['num_classes'] == {'inception_resnet_v1.vggface2': 8631,
+                                'inception_resnet_v1.casia_webface': 10575}[tag]
+  assert rec['logits_max_abs'] > 1.0, rec
+  assert rec['logits_max_abs_diff'] <= TOL * rec['logits_max_abs'], rec
+  assert rec['top1_ours'] == rec['top1_ref'], rec
+  # Unit vectors: embed() on the classifier model, and the include_top=False model.
+  assert rec['embedding_max_abs_diff'] <= TOL, rec
+  assert rec['embedding_notop_max_abs_diff'] <= TOL, rec
+  np.testing.assert_allclose(rec['embedding_norms'], 1.0, atol=1e-6)
+  assert rec['cosine_max_abs_diff'] <= TOL, rec
+  ours, ref = np.asarray(rec['sq_l2_ours']), np.asarray(rec['sq_l2_ref'])
+  np.testing.assert_allclose(ours, ref, atol=TOL)
+  # Images 0..2 are unrelated, 3 is image 0 with 2% noise: nearest to 0 in both.
+  for d in (ours, ref):
+    assert d[0, 3] < min(d[0, 1], d[0, 2]) and d[3, 0] < min(d[3, 1], d[3, 2]), d
+    assert np.all(np.diag(d) <= 1e-6)
 
 
 def test_eval_transform_matches_torchvision_and_timm(parity):

@@ -22,6 +22,11 @@ TAGS = {
     'inception_v3.tf_adv_in1k', 'inception_v3.gluon_in1k', 'inception_v3.keras',
     'inception_v4.tf_in1k', 'inception_resnet_v2.tf_in1k',
     'inception_resnet_v2.tf_ens_adv_in1k', 'inception_resnet_v2.keras',
+    'inception_v1_bn.slim_in1k', 'inception_v2.slim_in1k', 'inception_v3.slim_in1k',
+    'inception_v4.slim_in1k', 'inception_resnet_v2.slim_in1k', 'inception_v3.slim_adv_in1k',
+    'inception_v3.slim_ens3_adv_in1k', 'inception_v3.slim_ens4_adv_in1k',
+    'inception_resnet_v2.slim_adv_in1k', 'inception_resnet_v2.slim_ens_adv_in1k',
+    'inception_resnet_v1.vggface2', 'inception_resnet_v1.casia_webface',
 }
 MANIFEST = os.path.join(os.path.dirname(__file__), '..', 'third_party_weights',
                         'manifest.json')
@@ -64,6 +69,34 @@ def test_cfg_facts_from_the_sources():
   assert dict(g('inception_v3.keras').options)['bn_scale'] is False
   for name in TAGS:
     assert dict(g(name).options)['bn_eps'] == 1e-3
+  # TF-slim: no gamma, TF padding, 1001 outputs with a background class; slim's
+  # eval preprocessing (central crop 87.5%, bilinear, [-1, 1]); 224 for v1 / v2.
+  for name in (t for t in TAGS if '.slim_' in t):
+    cfg = g(name)
+    assert cfg.source == 'slim' and cfg.background, name
+    assert dict(cfg.options) == dict(bn_eps=1e-3, bn_scale=False, count_include_pad=False,
+                                     padding='tf')
+    assert (cfg.num_classes, cfg.label_offset) == (1000, 0)  # the default conversion
+    assert (cfg.crop_pct, cfg.interpolation, cfg.mean, cfg.std) == (
+        0.875, 'bilinear', (0.5,) * 3, (0.5,) * 3)
+    assert cfg.input_size == (224 if cfg.arch in ('inception_v1_bn', 'inception_v2')
+                              else 299)
+    assert cfg.url == 'https://download.tensorflow.org/models/' + cfg.file_name
+    assert cfg.file_hash is None  # none is published
+  # TF-slim README; adversarial: 100 - clean error of arXiv 1705.07204 Table 4.
+  assert (g('inception_v2.slim_in1k').top1, g('inception_v2.slim_in1k').top5) == (73.9, 91.8)
+  assert (g('inception_v3.slim_ens3_adv_in1k').top1,
+          g('inception_v3.slim_ens3_adv_in1k').top5) == (76.4, 92.4)
+  # FaceNet: 160x160, (pixel - 127.5) / 128, 512-d embedding, dropout 0.6.
+  for name, classes in (('inception_resnet_v1.vggface2', 8631),
+                        ('inception_resnet_v1.casia_webface', 10575)):
+    cfg = g(name)
+    assert (cfg.num_classes, cfg.input_size, cfg.crop_pct) == (classes, 160, 1.0)
+    opts = dict(cfg.options)
+    assert (opts['embedding_size'], opts['dropout_rate'], opts['bn_scale']) == (512, 0.6, True)
+    pixels = np.array([0.0, 127.5, 255.0])
+    np.testing.assert_allclose((pixels / 255 - cfg.mean[0]) / cfg.std[0],
+                               (pixels - 127.5) / 128, atol=1e-12)
 
 
 def test_manifest_agrees_with_cfgs():
@@ -80,6 +113,7 @@ def test_manifest_agrees_with_cfgs():
                                                               cfg.file_hash_notop)
     assert (e['num_classes'], e['label_offset'], e['has_aux']) == (
         cfg.num_classes, cfg.label_offset, cfg.has_aux)
+    assert (e.get('background', False), e.get('reported')) == (cfg.background, cfg.reported)
     assert (e['input_size'], e['interpolation']) == (cfg.input_size, cfg.interpolation)
     assert e['crop_pct'] == pytest.approx(cfg.crop_pct, abs=1e-6)
     assert tuple(e['mean']) == cfg.mean and tuple(e['std']) == cfg.std
@@ -262,6 +296,29 @@ def test_eval_transform_shape_crop_and_normalisation():
   grey = Image.new('RGB', (320, 500), (128, 128, 128))
   np.testing.assert_allclose(preprocessing.eval_transform(grey, cfg),
                              128 / 255 / 0.5 - 1, atol=1e-6)
+
+
+def test_background_class_file_classifies_with_offset(v3_files, tmp_path):
+  """A 1001-class file (TF-slim background kept): default width, offset labels."""
+  # TF-slim BN has no gamma.
+  arrays = {k: v for k, v in v3_files['arrays'].items() if not k.endswith('/bn/scale')}
+  arrays['Logits/kernel'] = np.zeros((2048, 1001), np.float32)
+  bias = np.zeros(1001, np.float32)
+  bias[208], bias[0] = 10.0, 9.0  # output 208 = ImageNet 207 (golden retriever)
+  arrays['Logits/bias'] = bias
+  cfg = ij.get_pretrained_cfg('inception_v3.slim_in1k')
+  path = str(tmp_path / 'keep.safetensors')
+  weights.save(path, arrays, {**cfg.to_dict(), 'num_classes': 1001, 'label_offset': 1,
+                              'include_top': True})
+  m = ij.create_model('inception_v3.slim_in1k', pretrained=path)
+  assert m.num_classes == 1001  # the file's width: no re-initialised head
+  assert (m.pretrained_cfg.num_classes, m.pretrained_cfg.label_offset) == (1001, 1)
+  small = dataclasses.replace(m.pretrained_cfg, input_size=75)
+  (top,) = preprocessing.classify(m, small, [np.full((80, 80, 3), 100, np.uint8)], top_k=2)
+  assert [n for n, _ in top] == ['golden retriever', 'background']
+  # An explicit width still re-initialises the classifier.
+  m = ij.create_model('inception_v3.slim_in1k', pretrained=path, num_classes=1000)
+  assert m.num_classes == 1000
 
 
 def test_imagenet_classes():
