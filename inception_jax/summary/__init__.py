@@ -43,11 +43,11 @@ from inception_jax import registry
 from inception_jax import specs
 
 # Keras layer names of the endpoints (keras.applications InceptionV3 and
-# InceptionResNetV2, Keras 3). Keras leaves the stem convolutions unnamed
-# (conv2d_N, activation_N depend on how many layers the session has built), so
-# only named layers are mapped. The output of an Inception-ResNet block is its
-# activation ``block35_1_ac``; the last block8 has no activation and ends in the
-# ``block8_10`` Lambda.
+# InceptionResNetV2, Keras 3). Keras leaves the stem layers unnamed (conv2d_N,
+# activation_N depend on how many layers the session has built), so only named
+# layers are mapped. The output of an Inception-ResNet block is its activation
+# ``block35_1_ac``; the last block8 has no activation and ends in an unnamed
+# ``CustomScaleLayer``.
 KERAS_NAMES = {
     'inception_v3': {
         'Mixed_5b': 'mixed0', 'Mixed_5c': 'mixed1', 'Mixed_5d': 'mixed2',
@@ -62,7 +62,6 @@ KERAS_NAMES = {
         **{f'Repeat_1/block17_{i}': f'block17_{i}_ac' for i in range(1, 21)},
         'Mixed_7a': 'mixed_7a',
         **{f'Repeat_2/block8_{i}': f'block8_{i}_ac' for i in range(1, 10)},
-        'Block8': 'block8_10',
         'Conv2d_7b_1x1': 'conv_7b_ac',
     },
 }
