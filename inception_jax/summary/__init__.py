@@ -92,7 +92,6 @@ class Row:
     macs: multiply-adds per image, taps on zero padding included.
     macs_valid: multiply-adds per image on real input pixels (XLA's count).
     layers: parameterised layers on the longest path through the row.
-    count: modules in the row (1; a ``Repeat`` row at level 0 is split per block).
     train_only: an auxiliary head: built and run only for training.
     trainable: with ``freeze``, whether the train step updates the row's
       parameters; None without ``freeze`` or for rows without parameters.
@@ -290,7 +289,7 @@ class _Walker:
     h, w, _ = branches[0].shape
     node.shape = (h, w, sum(b.shape[2] for b in branches))
     node.layers = max(b.layers for b in branches)
-    strided = h < hwc[0] or w < hwc[1]
+    strided = any(getattr(op, 'stride', 1) > 1 for b in spec.branches for op in b)
     if isinstance(spec, specs.Residual):
       up = self.conv(spec.up_conv(hwc[2]), f'{name}/{spec.up_name}', node.shape,
                      ' (up-projection)')
@@ -299,7 +298,7 @@ class _Walker:
       node.shape = up.shape
       node.kind = f'residual x{spec.scale:g}' + ('' if spec.activation else ', no ReLU')
     else:
-      node.kind = 'reduction' if strided else 'inception'
+      node.kind = 'reduction' if strided else 'inception'  # a stride-2 branch
     node.kind += f' ({len(spec.branches)} branches)'
     return node
 
