@@ -13,6 +13,7 @@ from flax import nnx
 
 import inception_jax as ij
 from inception_jax import weights
+from inception_jax.summary import summary
 
 FACENET = dict(embedding_size=512, bn_scale=True, dropout_rate=0.6)
 
@@ -26,6 +27,9 @@ def test_facenet_parameter_counts(include_top, num_classes, expected):
   model = nnx.eval_shape(lambda: ij.create_model(
       'inception_resnet_v1', include_top=include_top, num_classes=num_classes, **FACENET))
   assert weights.num_weights(model, nnx.Param) == expected
+  # The architecture summary walks the same head.
+  assert summary('inception_resnet_v1', include_top=include_top, num_classes=num_classes,
+                 **FACENET).totals.params == expected
   keys = set(weights.flat_state(model))
   assert {'Bottleneck/fc/kernel', 'Bottleneck/bn/mean', 'Bottleneck/bn/var'} <= keys
   assert 'Bottleneck/fc/bias' not in keys  # FaceNet's bottleneck has no bias

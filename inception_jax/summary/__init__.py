@@ -320,6 +320,13 @@ class _Walker:
     return _Node(name, 'linear', '', hwc_in, (1, 1, c_out), params=w + c_out, weights=w,
                  macs=w, macs_valid=w, layers=1)
 
+  def bottleneck(self, name: str, c_in: int, c_out: int, hwc_in) -> _Node:
+    """FaceNet's embedding layer: linear without bias, then BatchNorm."""
+    w = c_in * c_out
+    bn = c_out * (2 if self.opts['bn_scale'] else 1)
+    return _Node(name, 'linear (no bias) + BN', '', hwc_in, (1, 1, c_out), params=w + bn,
+                 weights=w, bn_stats=2 * c_out, macs=w, macs_valid=w, layers=1)
+
   def aux_head(self, head: specs.AuxHead, hwc, num_classes: int) -> _Node:
     h, w, c = hwc
     node = _Node(head.name, f'aux head ({head.kind}) on {head.endpoint}', '', hwc, hwc)
@@ -851,10 +858,17 @@ def summary(name_or_model: Any, input_size: int | tuple[int, int] | None = None,
     kind = f"{opts['pooling']} pool (global)"
     rows.append(Row('global_pool', kind, 0, 'global_pool', f'{hwc[0]}x{hwc[1]}/1', hwc,
                     (1, 1, hwc[2])))
-  if opts['include_top']:
+  emb = opts.get('embedding_size')
+  if opts['include_top'] or emb:
     c = hwc[2]
     rate = opts['dropout_rate']
     rows.append(Row('dropout', 'dropout', 0, 'dropout', f'{rate:.0%}', (1, 1, c), (1, 1, c)))
+  if emb:  # FaceNet: pooled -> dropout -> Bottleneck (-> Logits)
+    rows += _flatten(walker.bottleneck('Bottleneck', hwc[2], emb, (1, 1, hwc[2])), 0,
+                     'Bottleneck', False)
+    hwc = (1, 1, emb)
+  if opts['include_top']:
+    c = hwc[2]
     rows += _flatten(walker.linear('Logits', c, opts['num_classes'], (1, 1, c)), 0,
                      'Logits', False)
     heads = ('Logits',)
