@@ -9,10 +9,11 @@ from inception_jax import inception_v1  # noqa: F401
 from inception_jax import inception_v2  # noqa: F401
 from inception_jax import inception_v3  # noqa: F401
 from inception_jax import inception_v4  # noqa: F401
+from inception_jax.inference import Classifier, load
 from inception_jax.model import Inception, InceptionOutput
 from inception_jax.pretrained import get_pretrained_cfg, list_pretrained
 from inception_jax.registry import create_model, get_arch, list_models
 
-__all__ = ['Inception', 'InceptionOutput', 'create_model', 'get_arch', 'get_pretrained_cfg',
-           'list_models', 'list_pretrained']
+__all__ = ['Classifier', 'Inception', 'InceptionOutput', 'create_model', 'get_arch',
+           'get_pretrained_cfg', 'list_models', 'list_pretrained', 'load']
 __version__ = '0.1.0'
