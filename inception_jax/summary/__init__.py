@@ -526,9 +526,19 @@ class Summary:
     return '\n'.join(lines)
 
   def paper_comparison(self) -> list[PaperComparison]:
-    """Every row of the paper's table beside the model's rows (``--paper``)."""
+    """Every row of the paper's table beside the model's rows (``--paper``).
+
+    The comparison is of the architecture: at the paper's input size with the
+    architecture's default options, whatever this summary's size and options.
+    """
     table = self._paper_table()
-    return [_compare(self, table, row) for row in table.rows]
+    base = self._paper_base()
+    return [_compare(base, table, row) for row in table.rows]
+
+  def _paper_base(self) -> 'Summary':
+    default = summary(self.spec)
+    same = (self.input_shape == default.input_shape and self.options == default.options)
+    return self if same else default
 
   def _paper_table(self) -> paper_tables.PaperTable:
     table = paper_tables.paper_table(self.arch)
@@ -541,7 +551,8 @@ class Summary:
   def paper_text(self) -> str:
     """The ``--paper`` view: the paper's rows, the model's values, marks and notes."""
     table = self._paper_table()
-    comps = self.paper_comparison()
+    base = self._paper_base()
+    comps = base.paper_comparison()
     keys = [k for k in ('size', 'patch', 'depth', 'params', 'ops', 'count', 'filters')
             if any(getattr(c.paper, {'params': 'params_k', 'ops': 'ops_m'}.get(k, k))
                    not in (None, '') for c in comps)]
@@ -584,14 +595,17 @@ class Summary:
     for name, why in table.extra:
       if name in covered:
         continue
-      r = self.group(name)
+      r = base.group(name)
       line = ['(not in the table)']
       for k in keys:
         line += ['', _fmt_shape((r[0].input if table.size_is_input else r[-1].shape))
                  if (k == 'size' and r) else '']
       line += [name, f'extra {note("model row without a paper row", why)}']
       lines.append(line)
-    text = [f'{table.title}', f'model: {self.header()}', _render(head, lines)]
+    text = [f'{table.title}', f'model: {base.header()}']
+    if base is not self:
+      text.append('(compared at the paper\'s input size with the default options)')
+    text.append(_render(head, lines))
     text.append('* the model value differs from the printed one')
     text += [f'[{n}] {kind}: {why}' for (kind, why), n in notes.items()]
     return '\n'.join(text)
