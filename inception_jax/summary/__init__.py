@@ -356,12 +356,31 @@ class _Walker:
 # ------------------------------------------------------------------- options
 
 
-_HEAD_OPTIONS = ('num_classes', 'include_top', 'pooling', 'in_channels', 'dtype',
-                 'param_dtype')
+# Options the table walk takes into account, and options that change no count.
+_MODELLED = ('num_classes', 'include_top', 'pooling', 'in_channels', 'aux_logits',
+             'padding', 'batch_norm', 'bn_scale', 'conv_bias', 'dropout_rate')
+_NO_EFFECT = ('dtype', 'param_dtype', 'scan_blocks', 'kernels', 'bn_eps', 'bn_momentum',
+              'count_include_pad')
+
+
+def _check_modelled(spec: specs.ArchSpec, opts: dict, default: dict) -> None:
+  """Refuses an option the walk does not model (rather than miscount silently)."""
+  other = [k for k in opts if k not in _MODELLED + _NO_EFFECT + ('arch',)
+           and opts[k] != default.get(k)]
+  if other:
+    raise ValueError(f'{spec.name}: summary() does not model option(s) '
+                     f'{", ".join(f"{k}={opts[k]!r}" for k in other)}; '
+                     'leave them at their defaults')
 
 
 def _resolve_options(spec: specs.ArchSpec, options: dict) -> dict:
-  """The network options ``Inception(spec, **options)`` would run with."""
+  """The network options ``create_model`` would build ``spec`` with."""
+  config_cls = getattr(model_lib, 'ModelConfig', None)
+  if config_cls is not None:
+    opts = config_cls.for_arch(spec, **options).to_dict()
+    _check_modelled(spec, opts, config_cls.for_arch(spec).to_dict())
+    return opts
+  # Until ModelConfig: the options resolution of Inception.__init__.
   unknown = sorted(set(options) - set(model_lib.OPTIONS))
   if unknown:
     raise ValueError(f'{spec.name}: unknown option(s) {unknown}; valid options are '
@@ -390,6 +409,11 @@ def _resolve_options(spec: specs.ArchSpec, options: dict) -> dict:
 
 def _model_options(model) -> dict:
   """The options of a built ``Inception`` (enough to redo its table walk)."""
+  config = getattr(model, 'config', None)
+  if config is not None:
+    options = config.to_dict()
+    options.pop('arch', None)
+    return options
   options = dict(model.options)
   options.update(num_classes=model.num_classes or 1000, include_top=model.include_top,
                  pooling=model.pooling, in_channels=model.in_channels,
