@@ -411,15 +411,14 @@ def _build_loaded(make, arrays: dict, *, skip: list[str], source: str,
   return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
-def create_pretrained(name: str, *, path: str | None = None,
-                      num_classes: int | None = None, rngs: nnx.Rngs | None = None,
-                      **options: Any):
+def create_pretrained(name: str, *, path: str | None = None, num_classes: int | None = None,
+                      rngs: nnx.Rngs | None = None, **options: Any):
   """Builds ``arch`` with the options of a tag and loads converted weights strictly.
 
   Args:
     name: ``arch.tag`` (``inception_v3.tf_in1k``) or ``arch`` with ``path``.
     path: converted weight file; default: the tag's file in ``cache_dir()``.
-    num_classes: classifier width; None: the file's (1000, 1001 for a TF-slim file
+    num_classes: classifier width (None: the file's: 1000, or 1001 for a TF-slim file
       converted with its background class). A value different from the file's
       keeps the backbone and re-initialises the classifier(s) from ``rngs``.
     rngs: RNGs for re-initialised parameters and dropout.
