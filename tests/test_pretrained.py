@@ -22,6 +22,7 @@ TAGS = {
     'inception_v3.tf_adv_in1k', 'inception_v3.gluon_in1k', 'inception_v3.keras',
     'inception_v4.tf_in1k', 'inception_resnet_v2.tf_in1k',
     'inception_resnet_v2.tf_ens_adv_in1k', 'inception_resnet_v2.keras',
+    'inception_v3_fid.tf_2015_12_05',
 }
 MANIFEST = os.path.join(os.path.dirname(__file__), '..', 'third_party_weights',
                         'manifest.json')

@@ -9,8 +9,9 @@ Download (from the manifest URL), verify the published hash, cache and convert::
 
   python -m third_party_weights.convert --tag inception_v3.tv_in1k
 
-Sources: ``torchvision`` and ``timm`` state dicts (``.pth`` read with
-``torch.load(weights_only=True)``, or ``.safetensors``), ``keras`` legacy ``.h5``
+Sources: ``torchvision``, ``timm``, ``pytorch_fid`` and ``torch_fidelity`` state
+dicts (``.pth`` read with ``torch.load(weights_only=True)``, or ``.safetensors``;
+the last two publish the same FID Inception weights), ``keras`` legacy ``.h5``
 files (``third_party_weights.keras_h5``). The torch path never imports tensorflow.
 The output is a safetensors file whose metadata holds the tag's config; loading
 it is ``create_model(TAG, pretrained=OUT)``.
@@ -32,6 +33,11 @@ import numpy as np
 
 MANIFEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'manifest.json')
 FORMAT_VERSION = 1
+# Sources whose files are torch state dicts mapped by ``torch_maps``.
+TORCH_SOURCES = ('timm', 'torchvision', 'pytorch_fid', 'torch_fidelity')
+# torch-fidelity publishes pytorch-fid's FID Inception weights under its own name
+# (``weights-inception-2015-12-05-6726825d.pth``, same layout and hash prefix).
+SAME_FILES = {'torch_fidelity': 'pytorch_fid'}
 
 
 class DownloadError(RuntimeError):
@@ -66,7 +72,7 @@ def read_torch_state(path: str) -> dict[str, np.ndarray]:
 def convert_arrays(source: str, name: str, path: str) -> dict[str, np.ndarray]:
   """Flat project arrays from a source file for the weights ``name`` (arch.tag)."""
   arch = name.partition('.')[0]
-  if source in ('timm', 'torchvision'):
+  if source in TORCH_SOURCES:
     from third_party_weights import torch_maps  # pylint: disable=g-import-not-at-top
     if arch not in torch_maps.MAPS:
       raise ValueError(f'no torch key map for {arch}; torch maps exist for '
@@ -81,7 +87,7 @@ def convert_arrays(source: str, name: str, path: str) -> dict[str, np.ndarray]:
     # Written by the Keras converter helper; imports tensorflow-free h5py code.
     from third_party_weights import keras_h5  # pylint: disable=g-import-not-at-top
     return keras_h5.convert(path, name)
-  raise ValueError(f"unknown source {source!r}; use 'timm', 'torchvision' or 'keras'")
+  raise ValueError(f'unknown source {source!r}; use one of {TORCH_SOURCES + ("keras",)}')
 
 
 def check_against_model(name: str, arrays: dict[str, np.ndarray]) -> None:
@@ -151,7 +157,7 @@ def convert(source: str, name: str, input_path: str, output_path: str) -> dict[s
   """
   from inception_jax import pretrained, weights  # pylint: disable=g-import-not-at-top
   cfg = pretrained.get_pretrained_cfg(name)
-  if source != cfg.source:
+  if SAME_FILES.get(source, source) != cfg.source:
     raise ValueError(f'{name} is published by {cfg.source}, not {source}; use '
                      f'--source {cfg.source}')
   if not os.path.isfile(input_path):
@@ -234,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
   p = argparse.ArgumentParser(
       prog='python -m third_party_weights.convert', description=__doc__.split('\n')[0])
   p.add_argument('--tag', help='download, verify, cache and convert this arch.tag')
-  p.add_argument('--source', choices=('timm', 'torchvision', 'keras'))
+  p.add_argument('--source', choices=TORCH_SOURCES + ('keras',))
   p.add_argument('--arch', help='weights name arch.tag of --input (e.g. '
                  'inception_v3.tf_in1k)')
   p.add_argument('--input', help='local source file')
