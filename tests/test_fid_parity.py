@@ -205,3 +205,31 @@ def test_frechet_distance_matches_pytorch_fid_on_identical_statistics(work):
     assert ours_cov == pytest.approx(want, rel=1e-6)
     assert ours_feat == pytest.approx(want, rel=1e-6)
     assert ours_cov == pytest.approx(ref[f'torch_fidelity/{name}'], rel=1e-6)
+
+
+def test_saved_statistics_are_read_by_pytorch_fid(work, cli_results, tmp_path):
+  """``--save_stats`` output through pytorch-fid's own reader (a torch subprocess)."""
+  d = work[0]
+  out = tmp_path / 'a.npz'
+  rc = fid_cli.main([str(d / 'folder_a'), '--mode', 'pytorch_fid', '--weights',
+                     str(d / 'pf.safetensors'), '--batch_size', str(N_IMAGES),
+                     '--save_stats', str(out)])
+  assert rc == 0
+  code = ('import sys, numpy as np\n'
+          'from pytorch_fid.fid_score import compute_statistics_of_path\n'
+          'm, s = compute_statistics_of_path(sys.argv[1], None, 1, 2048, "cpu")\n'
+          'np.savez(sys.argv[2], m=m, s=s)\n')
+  r = subprocess.run([sys.executable, '-c', code, str(out), str(tmp_path / 'read.npz')],
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  read = np.load(tmp_path / 'read.npz')
+  saved = np.load(out)
+  np.testing.assert_array_equal(read['m'], saved['mu'])
+  np.testing.assert_array_equal(read['s'], saved['sigma'])
+  # The same FID as from the folder, once the statistics come from the file.
+  path = tmp_path / 'r.json'
+  assert fid_cli.main([str(out), str(d / 'folder_b'), '--mode', 'pytorch_fid',
+                       '--weights', str(d / 'pf.safetensors'), '--batch_size',
+                       str(N_IMAGES), '--json', str(path)]) == 0
+  assert json.loads(path.read_text())['fid'] == pytest.approx(
+      cli_results['pytorch_fid']['fid'], rel=1e-9)
