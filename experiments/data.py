@@ -6,14 +6,23 @@ Datasets (``--dataset``):
   digits in 10 classes, shipped inside the scikit-learn wheel (no download).
   Upsampled to the network input. A fixed, stratified 20% is the validation set.
 * ``folder:PATH``: one sub-folder per class, like Keras ``flow_from_directory``
-  (``PATH/<class>/**/<image>``), split by ``validation_split``; or an existing
-  split ``PATH/train/<class>/...`` + ``PATH/validation/<class>/...`` (or ``val/``).
+  (``PATH/<class>/**/<image>``), split by ``validation_split``; or a split layout
+  ``PATH/train/<class>/...`` with ``val/`` or ``validation/`` and ``test/`` beside it
+  (also ``seg_train`` style names), and one redundant nesting level anywhere
+  (Kaggle's ``seg_train/seg_train/<class>``). Separate ``validation_dataset`` and
+  ``test_dataset`` folders may be given. Class folders named like splits and
+  single-class datasets are refused (see ``resolve_folder_layout``).
   Every file is checked up front with PIL in a thread pool: unreadable, truncated
   and non-image files are skipped, odd formats (grayscale 16-bit, RGBA, palette,
   CMYK, BMP/GIF/TIFF/WebP...) are converted once to 8-bit RGB PNGs in a cache
   folder, with counts in a warning, so no file can fail mid-epoch.
 * ``tfds:NAME``: a prepared TensorFlow Datasets dataset (``data_dir``); its
-  ``validation`` split, else ``test``, else the last ``validation_split`` of train.
+  ``validation`` split, else the last ``validation_split`` of train; ``test`` is
+  the test split.
+
+Evaluation geometry (resize, crop) is ``inception_jax.preprocessing.resize_crop_box``,
+shared with the PIL path; the resize itself is ``tf.image.resize`` with
+antialiasing, rounded to 8-bit values as PIL's resize is.
 
 Determinism: the order of epoch ``e`` is a permutation drawn from ``(seed, e)``
 and every random augmentation of an example is drawn from ``(seed, e, example)``
@@ -27,19 +36,19 @@ processes hand to ``shard_batch`` together form the global batch.
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import dataclasses
-import hashlib
-import json
 import logging
 import math
 import os
-import threading
 import time
 from typing import Any, Iterator
 
 import numpy as np
+
+from inception_jax.preprocessing import CROP_MODES, INTERPOLATIONS, Preprocessing  # noqa: F401  pylint: disable=unused-import
+from inception_jax.preprocessing import resize_crop_box
+
+from experiments import folders
 
 # TensorFlow is imported after JAX by the experiment (see TRAIN_API.md); here it is
 # only used for tf.data, so keep it off any accelerator.
@@ -52,45 +61,14 @@ log = logging.getLogger(__name__)
 # Keras ImageDataGenerator fill modes -> ImageProjectiveTransformV3 names.
 FILL_MODES = {'nearest': 'NEAREST', 'constant': 'CONSTANT', 'reflect': 'REFLECT',
               'wrap': 'WRAP'}
-INTERPOLATIONS = ('bilinear', 'bicubic', 'nearest', 'area', 'lanczos3')
-# A file with a side below this has no usable content for a classifier.
-MIN_IMAGE_SIDE = 4
 # The split of the default dataset does not depend on --seed, so runs with
 # different seeds are scored on the same validation images.
 SPLIT_SEED = 0
 
 
-class DataError(ValueError):
-  """A dataset cannot be used as given (the message names the problem and the fix)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Preprocessing:
-  """How images become network inputs (eval transform and normalisation).
-
-  Attributes:
-    image_size: square network input side.
-    mean: per-channel mean in [0, 1] units (timm convention).
-    std: per-channel std in [0, 1] units; 0.5/0.5 maps pixels to [-1, 1], the
-      Inception (TF-slim / Keras) scaling used when training from scratch.
-    crop_pct: evaluation resizes the shorter side to ``image_size / crop_pct``
-      and takes the central ``image_size`` crop (0.875 for the ImageNet weights).
-    interpolation: resize kernel, one of ``INTERPOLATIONS``.
-  """
-  image_size: int
-  mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-  std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-  crop_pct: float = 1.0
-  interpolation: str = 'bilinear'
-
-  def __post_init__(self):
-    if self.image_size < 1:
-      raise DataError(f'image_size must be positive, got {self.image_size}')
-    if not 0.0 < self.crop_pct <= 1.0:
-      raise DataError(f'crop_pct must be in (0, 1], got {self.crop_pct}')
-    if self.interpolation not in INTERPOLATIONS:
-      raise DataError(f'interpolation must be one of {INTERPOLATIONS}, got '
-                      f'{self.interpolation!r}')
+DataError = folders.DataError
+MIN_IMAGE_SIDE = folders.MIN_IMAGE_SIDE
+_check_image = folders.check_image  # the tests' name for it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +135,8 @@ class Split:
       ``(image uint8 [h, w, c], label)`` in a fixed order).
     labels: int labels [N] (for 'tfds' only when known).
     num_examples: N.
+    sources: what each example is, for reports: the original file path (``paths``
+      may point at a converted copy), or ``split[i]`` for in-memory data.
   """
   kind: str
   num_examples: int
@@ -164,6 +144,13 @@ class Split:
   images: np.ndarray | None = None
   paths: np.ndarray | None = None
   make: Any = None
+  sources: np.ndarray | None = None
+
+  def source_names(self) -> list[str]:
+    """One name per example (file path, or ``#index``)."""
+    if self.sources is not None:
+      return [str(x) for x in self.sources]
+    return [f'#{i}' for i in range(self.num_examples)]
 
   def class_counts(self, num_classes: int) -> np.ndarray | None:
     if self.labels is None:
@@ -173,12 +160,17 @@ class Split:
 
 @dataclasses.dataclass
 class Dataset:
-  """A loaded dataset: splits, class names and what the bad-file scan did."""
+  """A loaded dataset: splits, class names and what the bad-file scan did.
+
+  ``layout`` says where each split came from (for the log and the run record).
+  """
   name: str
   class_names: list[str]
   train: Split
   val: Split | None
   report: dict[str, Any] = dataclasses.field(default_factory=dict)
+  test: Split | None = None
+  layout: dict[str, str] = dataclasses.field(default_factory=dict)
 
   @property
   def num_classes(self) -> int:
@@ -190,7 +182,8 @@ class Dataset:
 
 def load_dataset(spec: str, *, validation_split: float = 0.2, data_dir: str | None = None,
                  cache_dir: str | None = None, seed: int = SPLIT_SEED,
-                 num_threads: int | None = None) -> Dataset:
+                 num_threads: int | None = None, validation_dataset: str | None = None,
+                 test_dataset: str | None = None) -> Dataset:
   """Loads ``digits``, ``folder:PATH`` or ``tfds:NAME`` (see the module docstring).
 
   Args:
@@ -201,6 +194,9 @@ def load_dataset(spec: str, *, validation_split: float = 0.2, data_dir: str | No
     cache_dir: where converted images and the scan manifest of a folder go.
     seed: seed of the train/validation split.
     num_threads: threads of the folder scan.
+    validation_dataset: a folder of class folders used for validation instead of
+      the dataset's own validation split (or a held-out fraction).
+    test_dataset: a folder of class folders used as the test split.
 
   Returns:
     A ``Dataset``.
@@ -210,15 +206,57 @@ def load_dataset(spec: str, *, validation_split: float = 0.2, data_dir: str | No
   """
   if not 0.0 <= validation_split < 1.0:
     raise DataError(f'validation_split must be in [0, 1), got {validation_split}')
-  if spec == 'digits':
-    return _load_digits(validation_split or 0.0, seed)
+  if validation_dataset:
+    validation_split = 0.0
   kind, sep, arg = spec.partition(':')
-  if sep and kind == 'folder' and arg:
-    return _load_folder(arg, validation_split, cache_dir, seed, num_threads)
-  if sep and kind == 'tfds' and arg:
-    return _load_tfds(arg, validation_split, data_dir)
-  raise DataError(f'unknown dataset {spec!r}: use "digits", "folder:PATH" (one '
-                  'sub-folder of images per class) or "tfds:NAME"')
+  if spec == 'digits':
+    ds = _load_digits(validation_split or 0.0, seed)
+  elif sep and kind == 'folder' and arg:
+    ds = _load_folder(arg, validation_split, cache_dir, seed, num_threads)
+  elif sep and kind == 'tfds' and arg:
+    ds = _load_tfds(arg, validation_split, data_dir)
+  else:
+    raise DataError(f'unknown dataset {spec!r}: use "digits", "folder:PATH" (one '
+                    'sub-folder of images per class) or "tfds:NAME"')
+  for role, extra in (('validation', validation_dataset), ('test', test_dataset)):
+    if extra:
+      split = load_class_folder(extra, ds.class_names, f'--{role}_dataset',
+                                cache_dir=cache_dir, num_threads=num_threads,
+                                reference=ds.name)
+      if role == 'validation':
+        ds.val = split
+      else:
+        ds.test = split
+      ds.layout[role] = folders.resolve_class_folder(extra, f'--{role}_dataset')
+  return ds
+
+
+def load_class_folder(path: str, class_names: list[str], what: str, *,
+                      cache_dir: str | None = None, num_threads: int | None = None,
+                      reference: str = 'the model', subset_ok: bool = False) -> Split:
+  """One labelled split from a folder of class folders, labelled by ``class_names``.
+
+  Refuses a folder whose class names differ from ``class_names`` (naming the
+  difference; with ``subset_ok`` only names ``class_names`` lacks) and skips
+  unreadable files like the training folders.
+  """
+  root = folders.resolve_class_folder(path, what)
+  names, files = folders.list_class_dirs(root, min_classes=1)
+  if subset_ok and set(names) <= set(class_names):
+    pass
+  else:
+    folders.check_class_names(class_names, names, f'{what} {root}', reference)
+  paths = [f for n in names for f in files[n]]
+  labels = [class_names.index(n) for n in names for _ in files[n]]
+  usable, counts, examples = folders.scan(paths, cache_dir or folders.default_cache_dir(root),
+                                          num_threads)
+  _warn_bad_files(root, counts, examples, len(paths), cache_dir)
+  keep = [i for i, u in enumerate(usable) if u is not None]
+  if not keep:
+    raise DataError(f'{what} {root}: no readable image ({dict(counts)})')
+  return Split('files', len(keep), labels=np.array(labels, np.int32)[keep],
+               paths=np.array([usable[i] for i in keep]),
+               sources=np.array([paths[i] for i in keep]))
 
 
 def _stratified_split(labels: np.ndarray, fraction: float, seed: int
@@ -245,195 +283,90 @@ def _load_digits(validation_split: float, seed: int) -> Dataset:
   labels = digits.target.astype(np.int32)
   tr, va = _stratified_split(labels, validation_split, seed)
   names = [str(c) for c in digits.target_names]
-  train = Split('array', len(tr), labels=labels[tr], images=images[tr])
-  val = Split('array', len(va), labels=labels[va], images=images[va]) if len(va) else None
-  return Dataset('digits', names, train, val)
+
+  def split(idx):
+    return Split('array', len(idx), labels=labels[idx], images=images[idx],
+                 sources=np.array([f'digits[{i}]' for i in idx]))
+
+  return Dataset('digits', names, split(tr), split(va) if len(va) else None,
+                 layout=dict(train='digits', validation=f'{validation_split:g} of digits'))
 
 
 # ------------------------------------------------------------------------------ folders
 
-_CONVERTED_NOTE = {
-    'mode': 'unusual pixel format',
-    'format': 'format TensorFlow does not decode',
-}
 
-
-def _check_image(path: str, cache_dir: str) -> tuple[str | None, str]:
-  """Validates one file; returns (usable path or None, status).
-
-  status: 'ok', 'converted: <why>' or 'skipped: <why>'.
-  """
-  from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
-  try:
-    with Image.open(path) as im:
-      fmt, mode = im.format, im.mode
-      im.load()  # full decode: catches truncated and corrupt data
-      w, h = im.size
-      if min(w, h) < MIN_IMAGE_SIDE:
-        return None, f'skipped: tiny ({w}x{h} px)'
-      if fmt in ('JPEG', 'PNG') and mode in ('RGB', 'L'):
-        return path, 'ok'  # TF decodes these directly (16-bit RGB PNGs included)
-      why = f'{fmt} {mode}'
-      if mode in ('I;16', 'I;16B', 'I;16L', 'I'):
-        # 16/32-bit grayscale: PIL's convert('RGB') clips at 255; scale instead.
-        a = np.asarray(im, dtype=np.float64)
-        a = a / 257.0 if a.max() <= 65535 else a * (255.0 / max(a.max(), 1.0))
-        rgb = Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8)).convert('RGB')
-      elif mode == 'F':
-        a = np.asarray(im, dtype=np.float64)
-        lo, hi = float(a.min()), float(a.max())
-        a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
-        rgb = Image.fromarray(np.round(a).astype(np.uint8)).convert('RGB')
-      else:
-        # RGBA/LA/P: alpha dropped like Keras load_img and timm (convert('RGB')).
-        rgb = im.convert('RGB')
-  except UnidentifiedImageError:
-    return None, 'skipped: not an image'
-  except Image.DecompressionBombError:
-    return None, 'skipped: too large (decompression bomb check)'
-  except (OSError, SyntaxError, ValueError, EOFError) as e:
-    return None, f'skipped: corrupt or truncated ({type(e).__name__})'
-  st = os.stat(path)
-  key = hashlib.sha1(f'{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}'.encode())
-  out = os.path.join(cache_dir, key.hexdigest() + '.png')
-  if not os.path.exists(out):
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = f'{out}.{os.getpid()}.{threading.get_ident()}.tmp'
-    rgb.save(tmp, format='PNG')
-    os.replace(tmp, out)
-  return out, f'converted: {why}'
-
-
-def _list_class_dirs(root: str) -> tuple[list[str], dict[str, list[str]]]:
-  names = sorted(d for d in os.listdir(root)
-                 if not d.startswith('.') and os.path.isdir(os.path.join(root, d)))
-  if not names:
-    loose = [f for f in os.listdir(root) if not f.startswith('.')]
-    raise DataError(
-        f'{root} has no class sub-folders (found {len(loose)} loose files). Expected '
-        'one folder per class, like Keras flow_from_directory: PATH/<class>/<image>, or '
-        'PATH/train/<class>/... and PATH/validation/<class>/...')
-  files = {}
-  for name in names:
-    found = []
-    for d, subdirs, fnames in os.walk(os.path.join(root, name), followlinks=True):
-      subdirs[:] = sorted(s for s in subdirs if not s.startswith('.'))
-      found += [os.path.join(d, f) for f in sorted(fnames) if not f.startswith('.')]
-    if not found:
-      raise DataError(f'class folder {os.path.join(root, name)} is empty: add images or '
-                      'remove the folder (every sub-folder is a class)')
-    files[name] = found
-  return names, files
-
-
-def _scan(files: list[str], cache_dir: str, num_threads: int | None
-          ) -> tuple[list[str | None], collections.Counter, list[str]]:
-  """Checks every file in a thread pool; results are cached in a manifest."""
-  os.makedirs(cache_dir, exist_ok=True)
-  manifest_path = os.path.join(cache_dir, 'scan_manifest.json')
-  try:
-    with open(manifest_path) as f:
-      manifest = json.load(f)
-  except (OSError, ValueError):
-    manifest = {}
-
-  def key(p):
-    st = os.stat(p)
-    return f'{os.path.abspath(p)}:{st.st_size}:{st.st_mtime_ns}'
-
-  def check(p):
-    k = key(p)
-    hit = manifest.get(k)
-    if hit is not None and (hit[0] is None or os.path.exists(hit[0])):
-      return k, tuple(hit)
-    return k, _check_image(p, cache_dir)
-
-  workers = num_threads or min(32, 2 * (os.cpu_count() or 1))
-  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    results = list(pool.map(check, files))
-  manifest.update({k: list(v) for k, v in results})
-  tmp = f'{manifest_path}.{os.getpid()}.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(manifest, f)
-  os.replace(tmp, manifest_path)
-  counts = collections.Counter(status for _, (_, status) in results)
-  examples = [f'{p} ({s})' for p, (_, (_, s)) in zip(files, results) if s != 'ok']
-  return [usable for _, (usable, _) in results], counts, examples
-
-
-def _default_cache_dir(root: str) -> str:
-  base = os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache'))
-  h = hashlib.sha1(os.path.abspath(root).encode()).hexdigest()[:12]
-  return os.path.join(base, 'inception_jax', 'folders', h)
+def _warn_bad_files(root, counts, examples, n_files, cache_dir) -> dict[str, Any]:
+  n_skip = sum(v for k, v in counts.items() if k.startswith('skipped'))
+  n_conv = sum(v for k, v in counts.items() if k.startswith('converted'))
+  reasons = dict(sorted((k, v) for k, v in counts.items() if k != 'ok'))
+  if n_skip or n_conv:
+    detail = ', '.join(f'{v} {k}' for k, v in reasons.items())
+    log.warning('folder:%s: %d of %d files skipped, %d converted to RGB PNG in %s '
+                '(%s). First ones: %s', root, n_skip, n_files, n_conv, cache_dir,
+                detail, '; '.join(examples[:5]))
+  return dict(files=n_files, ok=counts.get('ok', 0), converted=n_conv, skipped=n_skip,
+              reasons=reasons)
 
 
 def _load_folder(root: str, validation_split: float, cache_dir: str | None, seed: int,
                  num_threads: int | None) -> Dataset:
+  layout = folders.resolve_folder_layout(root)
+  if layout.get('notes'):
+    log.info('folder:%s: %s', root, layout['notes'])
   root = os.path.expanduser(root)
-  if not os.path.isdir(root):
-    raise DataError(f'folder:{root}: no such directory (give folder:PATH with one '
-                    'sub-folder of images per class)')
-  cache_dir = cache_dir or _default_cache_dir(root)
-  sub = {d.lower(): d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))}
-  val_dir = sub.get('validation') or sub.get('val')
-  explicit = 'train' in sub and val_dir is not None
-  if explicit:
-    names, train_files = _list_class_dirs(os.path.join(root, sub['train']))
-    val_names, val_files = _list_class_dirs(os.path.join(root, val_dir))
-    unknown = sorted(set(val_names) - set(names))
-    if unknown:
-      raise DataError(f'{os.path.join(root, val_dir)} has classes {unknown} that '
-                      f'{os.path.join(root, sub["train"])} lacks')
-  else:
-    names, train_files = _list_class_dirs(root)
-    val_files = {}
-
+  cache_dir = cache_dir or folders.default_cache_dir(root)
+  names, train_files = folders.list_class_dirs(layout['train'])
+  per_split = {'train': train_files}
+  for role in ('validation', 'test'):
+    if role in layout:
+      role_names, per_split[role] = folders.list_class_dirs(layout[role], min_classes=1)
+      folders.check_class_names(names, role_names, f'the {role} split {layout[role]}',
+                                f'the training split {layout["train"]}')
+  split_ids = {'train': 0, 'validation': 1, 'test': 2}
   paths, labels, split_of = [], [], []
-  for split_id, per_class in ((0, train_files), (1, val_files)):
+  for role, per_class in per_split.items():
     for name, fl in per_class.items():
       paths += fl
       labels += [names.index(name)] * len(fl)
-      split_of += [split_id] * len(fl)
+      split_of += [split_ids[role]] * len(fl)
   t0 = time.time()
-  usable, counts, examples = _scan(paths, cache_dir, num_threads)
+  usable, counts, examples = folders.scan(paths, cache_dir, num_threads)
   keep = np.array([u is not None for u in usable])
   paths_arr = np.array([u or '' for u in usable])
+  sources_arr = np.array(paths)
   labels_arr = np.array(labels, np.int32)
   split_arr = np.array(split_of)
-
-  n_skip = sum(v for k, v in counts.items() if k.startswith('skipped'))
-  n_conv = sum(v for k, v in counts.items() if k.startswith('converted'))
-  report = dict(files=len(paths), ok=counts.get('ok', 0), converted=n_conv,
-                skipped=n_skip, reasons=dict(sorted((k, v) for k, v in counts.items()
-                                                    if k != 'ok')),
-                cache_dir=cache_dir, scan_seconds=round(time.time() - t0, 2))
-  if n_skip or n_conv:
-    detail = ', '.join(f'{v} {k}' for k, v in report['reasons'].items())
-    log.warning('folder:%s: %d of %d files skipped, %d converted to RGB PNG in %s '
-                '(%s). First ones: %s', root, n_skip, len(paths), n_conv, cache_dir,
-                detail, '; '.join(examples[:5]))
+  report = _warn_bad_files(root, counts, examples, len(paths), cache_dir)
+  report.update(cache_dir=cache_dir, scan_seconds=round(time.time() - t0, 2))
 
   for c, name in enumerate(names):
     if not np.any(keep & (labels_arr == c) & (split_arr == 0)):
-      raise DataError(f'class {name!r} has no readable training image in {root} '
-                      f'(all its files were skipped: {report["reasons"]})')
+      raise DataError(f'class {name!r} has no readable training image in '
+                      f'{layout["train"]} (all its files were skipped: '
+                      f'{report["reasons"]})')
 
   def make(mask):
     idx = np.flatnonzero(mask)
-    return Split('files', len(idx), labels=labels_arr[idx], paths=paths_arr[idx])
+    return Split('files', len(idx), labels=labels_arr[idx], paths=paths_arr[idx],
+                 sources=sources_arr[idx])
 
-  if explicit:
+  test = make(keep & (split_arr == 2)) if 'test' in layout else None
+  described = {k: v for k, v in layout.items() if k != 'notes'}
+  if 'validation' in layout:
     train = make(keep & (split_arr == 0))
     val = make(keep & (split_arr == 1))
   else:
-    idx = np.flatnonzero(keep)
+    idx = np.flatnonzero(keep & (split_arr == 0))
     tr, va = _stratified_split(labels_arr[idx], validation_split, seed)
     mask_tr = np.zeros(len(paths), bool)
     mask_tr[idx[tr]] = True
     mask_va = np.zeros(len(paths), bool)
     mask_va[idx[va]] = True
     train, val = make(mask_tr), make(mask_va)
-  return Dataset(f'folder:{root}', names, train, val if val.num_examples else None, report)
+    described['validation'] = f'{validation_split:g} of {layout["train"]}'
+  return Dataset(f'folder:{root}', names, train, val if val.num_examples else None, report,
+                 test=test if test is not None and test.num_examples else None,
+                 layout=described)
 
 
 # --------------------------------------------------------------------------------- TFDS
@@ -479,10 +412,10 @@ def _load_tfds(name: str, validation_split: float, data_dir: str | None) -> Data
     return n
 
   # Mocked datasets (tfds.testing.mock_data) report no splits; every name works.
+  # The test split stays the test split: model selection never sees it.
+  test_split = 'test' if 'test' in splits or not splits else None
   if 'validation' in splits or not splits:
     train_split, val_split = 'train', 'validation'
-  elif 'test' in splits:
-    train_split, val_split = 'train', 'test'
   elif validation_split > 0:
     pct = int(round(100 * (1 - validation_split)))
     train_split, val_split = f'train[:{pct}%]', f'train[{pct}%:]'
@@ -491,9 +424,15 @@ def _load_tfds(name: str, validation_split: float, data_dir: str | None) -> Data
   train = Split('tfds', count(train_split), make=make_factory(train_split))
   val = (Split('tfds', count(val_split), make=make_factory(val_split))
          if val_split else None)
-  log.info('tfds:%s: train split %r (%d), validation split %r (%s)', name, train_split,
-           train.num_examples, val_split, val.num_examples if val else 'none')
-  return Dataset(f'tfds:{name}', class_names, train, val)
+  test = (Split('tfds', count(test_split), make=make_factory(test_split))
+          if test_split else None)
+  log.info('tfds:%s: train split %r (%d), validation split %r (%s), test split %r (%s)',
+           name, train_split, train.num_examples, val_split,
+           val.num_examples if val else 'none', test_split,
+           test.num_examples if test else 'none')
+  return Dataset(f'tfds:{name}', class_names, train, val, test=test,
+                 layout=dict(train=train_split, validation=str(val_split),
+                             test=str(test_split)))
 
 
 # ----------------------------------------------------------------------- image transforms
@@ -511,17 +450,59 @@ def _resize(image: tf.Tensor, h, w, interpolation: str) -> tf.Tensor:
   return tf.image.resize(image, tf.stack([h, w]), method=interpolation, antialias=True)
 
 
-def _resize_center_crop(image: tf.Tensor, size: int, crop_pct: float,
-                        interpolation: str) -> tf.Tensor:
-  """Shorter side to ``floor(size / crop_pct)`` then the central ``size`` crop (timm eval)."""
+def _resize_for_crop(image: tf.Tensor, prep: Preprocessing):
+  """uint8 image -> (resized float image with 8-bit values, top, left) of the eval crop."""
   shape = tf.shape(image)
-  h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
-  scale = tf.cast(math.floor(size / crop_pct), tf.float32) / tf.minimum(h, w)
-  nh = tf.maximum(size, tf.cast(tf.round(h * scale), tf.int32))
-  nw = tf.maximum(size, tf.cast(tf.round(w * scale), tf.int32))
-  image = _resize(tf.cast(image, tf.float32), nh, nw, interpolation)
-  top, left = (nh - size) // 2, (nw - size) // 2
+  nh, nw, top, left = resize_crop_box(shape[0], shape[1], prep, minimum=tf.minimum)
+  image = _resize(tf.cast(image, tf.float32), nh, nw, prep.interpolation)
+  # PIL resizes 8-bit images to 8-bit values: round the same way.
+  return tf.round(tf.clip_by_value(image, 0.0, 255.0)), top, left
+
+
+def _resize_crop(image: tf.Tensor, prep: Preprocessing) -> tf.Tensor:
+  """The evaluation resize and central crop (``resize_crop_box``): float [S, S, 3]."""
+  image, top, left = _resize_for_crop(image, prep)
+  size = prep.image_size
   return image[top:top + size, left:left + size]
+
+
+TTA_MODES = ('flip', 'multicrop')
+# Multi-crop resizes to at least image_size / 0.875 so that the corner crops differ
+# from the centre one (the ImageNet evaluation ratio, Inception-v3 paper 10-crop).
+MULTICROP_PCT = 0.875
+
+
+def num_views(tta: tuple[str, ...]) -> int:
+  """Views per image of a test-time augmentation: 1, 2 (flip), 5 (crops) or 10."""
+  return (5 if 'multicrop' in tta else 1) * (2 if 'flip' in tta else 1)
+
+
+def eval_views(image: tf.Tensor, prep: Preprocessing, tta: tuple[str, ...] = ()
+               ) -> tf.Tensor:
+  """Decoded uint8 image -> normalised float32 ``[V, S, S, 3]`` test-time views.
+
+  ``()``: the evaluation crop alone (V = 1). ``multicrop``: the four corners and
+  the centre of the image resized to ``image_size / min(crop_pct, 0.875)``;
+  ``flip``: every view and its left-right mirror.
+  """
+  unknown = sorted(set(tta) - set(TTA_MODES))
+  if unknown:
+    raise DataError(f'unknown test-time augmentation {unknown}; use {TTA_MODES}')
+  image = _to_rgb(image)
+  size = prep.image_size
+  if 'multicrop' in tta:
+    wide = dataclasses.replace(prep, crop_pct=min(prep.crop_pct, MULTICROP_PCT))
+    full, top, left = _resize_for_crop(image, wide)
+    shape = tf.shape(full)
+    bottom, right = shape[0] - size, shape[1] - size
+    views = [full[y:y + size, x:x + size] for y, x in
+             ((0, 0), (0, right), (bottom, 0), (bottom, right), (top, left))]
+  else:
+    views = [_resize_crop(image, prep)]
+  if 'flip' in tta:
+    views += [tf.reverse(v, [1]) for v in views]
+  out = tf.stack([_normalise(v, prep) for v in views])
+  return tf.ensure_shape(out, [len(views), size, size, 3])
 
 
 def _normalise(image: tf.Tensor, prep: Preprocessing) -> tf.Tensor:
@@ -615,7 +596,8 @@ def train_transform(image: tf.Tensor, seed: tf.Tensor, prep: Preprocessing,
     image = tf.slice(image, begin, extent)
     image = _resize(tf.cast(image, tf.float32), size, size, prep.interpolation)
   else:
-    image = _resize_center_crop(image, size, 1.0, prep.interpolation)
+    # The evaluation geometry without the crop_pct margin (the whole shorter side).
+    image = _resize_crop(image, dataclasses.replace(prep, crop_pct=1.0))
   if aug.affine or aug.horizontal_flip or aug.vertical_flip:
     image = augment(image, seed, aug)
   image = tf.clip_by_value(image, 0.0, 255.0)  # bicubic overshoot
@@ -623,16 +605,20 @@ def train_transform(image: tf.Tensor, seed: tf.Tensor, prep: Preprocessing,
 
 
 def eval_transform(image: tf.Tensor, prep: Preprocessing) -> tf.Tensor:
-  """Decoded uint8 image -> resize, centre crop (``crop_pct``), normalise."""
-  image = _resize_center_crop(_to_rgb(image), prep.image_size, prep.crop_pct,
-                              prep.interpolation)
-  image = tf.clip_by_value(image, 0.0, 255.0)
+  """Decoded uint8 image -> resize, crop (``resize_crop_box``), normalise."""
   size = prep.image_size
+  image = _resize_crop(_to_rgb(image), prep)
   return tf.ensure_shape(_normalise(image, prep), [size, size, 3])
 
 
 def _decode_file(path: tf.Tensor) -> tf.Tensor:
-  return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+  """File -> uint8 [h, w, 3]. JPEGs with the accurate integer IDCT, as PIL decodes
+  them (TF's default fast IDCT is about one grey level off on average)."""
+  contents = tf.io.read_file(path)
+  return tf.cond(
+      tf.io.is_jpeg(contents),
+      lambda: tf.io.decode_jpeg(contents, channels=3, dct_method='INTEGER_ACCURATE'),
+      lambda: tf.io.decode_image(contents, channels=3, expand_animations=False))
 
 
 # ------------------------------------------------------------------------------ batching
@@ -755,18 +741,27 @@ class Pipeline:
         if end_step is not None and step >= end_step:
           return
 
-  def eval_batches(self) -> Iterator[Batch]:
-    """The whole split in order, padded to full global batches (mask 0 on padding)."""
+  def eval_batches(self, tta: tuple[str, ...] = ()) -> Iterator[Batch]:
+    """The whole split in order, padded to full global batches (mask 0 on padding).
+
+    With test-time augmentation ``tta`` (see ``eval_views``) the images are
+    ``[b, V, S, S, 3]``.
+    """
     n, gb = self.split.num_examples, self.global_batch_size
     total = self.eval_batches_count * gb
     lo, hi = self._rows()
     prep = self.prep
+    if tta:
+      transform = lambda im: eval_views(im, prep, tuple(tta))
+      shape = [num_views(tta), prep.image_size, prep.image_size, 3]
+    else:
+      transform = lambda im: eval_transform(im, prep)
+      shape = [prep.image_size, prep.image_size, 3]
     if self.split.kind == 'tfds':
-      ds = self.split.make().map(lambda im, y: (eval_transform(im, prep), y, 1.0),
+      ds = self.split.make().map(lambda im, y: (transform(im), y, 1.0),
                                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-      size = prep.image_size
       pad = tf.data.Dataset.from_tensors(
-          (tf.zeros([size, size, 3]), tf.constant(0, tf.int32), 0.0)).repeat(total - n)
+          (tf.zeros(shape), tf.constant(0, tf.int32), 0.0)).repeat(total - n)
       ds = ds.concatenate(pad).enumerate()
       ds = ds.filter(lambda i, ex: tf.logical_and(i % gb >= lo, i % gb < hi))
       ds = ds.map(lambda i, ex: ex)
@@ -777,7 +772,7 @@ class Pipeline:
       mine_valid = valid.reshape(-1, gb)[:, lo:hi].reshape(-1)
       ds = tf.data.Dataset.zip(self._source(mine),
                                tf.data.Dataset.from_tensor_slices(mine_valid))
-      ds = ds.map(lambda ex, m: (eval_transform(ex[0], prep), ex[1], m),
+      ds = ds.map(lambda ex, m: (transform(ex[0]), ex[1], m),
                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(self.local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     for images, labels, mask in ds.as_numpy_iterator():

@@ -15,9 +15,16 @@ with a cosine schedule, BatchNorm momentum 'auto' (see ``--bn_momentum``); a few
 minutes on a 2-core CPU. With ``--pretrained`` the default size and preprocessing
 come from the weights. Without it the network trains from scratch (said in the log).
 
-Resumes automatically from the latest checkpoint in ``--workdir``. Outputs:
-``metrics/`` (JSONL + CSV), ``tensorboard/``, ``plots/``, ``summary.md``,
-``checkpoints/``.
+Every run gets its own directory, ``--runs_dir/<arch>-<dataset>-<time>`` (default
+``./runs``; see ``experiments.runs`` for its contents), or ``--workdir=DIR``. A run
+is resumed only when asked: ``--resume`` (the newest run of this arch and dataset
+under ``--runs_dir``) or ``--workdir`` of an existing run; any flag that would change
+the model, data or schedule is then refused with a diff of old and new values.
+The best model is also written as an inference file, ``RUN/best.safetensors``:
+``inception_jax.load(RUN)`` or ``create_model(pretrained=RUN)`` use it.
+
+Flags are checked before TensorFlow is imported, data is scanned or anything
+compiles, so a mistake is reported within seconds.
 """
 
 from __future__ import annotations
@@ -40,17 +47,19 @@ from experiments import xla_flags  # pylint: disable=g-bad-import-order
 
 xla_flags.apply()  # before JAX starts its CPU client
 
-# JAX before TensorFlow (TRAIN_API.md); experiments.data imports TensorFlow.
+# JAX before TensorFlow: importing TF first can break JAX's CPU client. TensorFlow
+# (experiments.data, outputs' TensorBoard writer) is imported only once the flags
+# have been checked (see run()).
 import jax  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import numpy as np
 from flax import nnx
 
 import inception_jax
-from inception_jax import checkpoint as checkpoint_lib
+from inception_jax import preprocessing as prep_lib
 from inception_jax import train as train_lib
 
-from experiments import data as data_lib  # pylint: disable=g-bad-import-order
-from experiments import outputs
+from experiments import folders  # pylint: disable=g-bad-import-order
+from experiments import runs as runs_lib
 
 FLAGS = flags.FLAGS
 
@@ -69,7 +78,14 @@ flags.DEFINE_string('bn_momentum', 'auto', 'BatchNorm running-average momentum, 
                     '1 - 10 / steps (at least 0.9).')
 # --- data
 flags.DEFINE_string('dataset', 'digits', '"digits", "folder:PATH" (a sub-folder per '
-                    'class, or PATH/train + PATH/validation|val) or "tfds:NAME".')
+                    'class, or split folders PATH/train, PATH/val|validation, PATH/test; '
+                    'Kaggle-style seg_train/seg_train nesting is recognised) or '
+                    '"tfds:NAME".')
+flags.DEFINE_string('validation_dataset', None, 'A folder of class folders for '
+                    'validation (instead of the dataset\'s own split or '
+                    '--validation_split).')
+flags.DEFINE_string('test_dataset', None, 'A folder of class folders for the final test '
+                    'evaluation (instead of the dataset\'s test split).')
 flags.DEFINE_string('data_dir', None, 'TFDS data directory.')
 flags.DEFINE_float('validation_split', 0.2, 'Held-out fraction of each class when the '
                    'dataset has no validation split (0: no validation).')
@@ -78,6 +94,11 @@ flags.DEFINE_string('cache_dir', None, 'Where converted images of a folder datas
 flags.DEFINE_integer('image_size', None, 'Square input side. Default: the weights\' '
                      'size with --pretrained; for digits the architecture\'s minimum; '
                      'otherwise the architecture\'s default size (299).')
+flags.DEFINE_enum('crop_mode', 'center', list(prep_lib.CROP_MODES), 'How images become '
+                  'squares, in training and evaluation alike: "center" keeps the aspect '
+                  'ratio and crops the centre (edges of non-square images are lost), '
+                  '"squash" resizes the whole image to a square (Keras '
+                  'flow_from_directory target_size).')
 flags.DEFINE_integer('batch_size', 32, 'Global batch size (all devices, all processes).')
 flags.DEFINE_integer('epochs', 1, 'Training epochs (ignored when --steps is set); 1 like '
                      'Keras fit().')
@@ -91,7 +112,7 @@ flags.DEFINE_float('width_shift_range', 0.0, 'Horizontal shift: fraction of the 
 flags.DEFINE_float('height_shift_range', 0.0, 'Vertical shift: fraction or pixels.')
 flags.DEFINE_float('shear_range', 0.0, 'Shear angle in [-s, s] degrees.')
 flags.DEFINE_float('zoom_range', 0.0, 'Zoom factors in [1 - z, 1 + z].')
-flags.DEFINE_enum('fill_mode', 'nearest', sorted(data_lib.FILL_MODES),
+flags.DEFINE_enum('fill_mode', 'nearest', ['constant', 'nearest', 'reflect', 'wrap'],
                   'How pixels from outside the image are filled.')
 flags.DEFINE_float('cval', 0.0, 'Fill value (0-255) for --fill_mode=constant.')
 flags.DEFINE_bool('random_resized_crop', False, 'Inception-style random crop (8%-100% of '
@@ -117,8 +138,14 @@ flags.DEFINE_string('freeze', 'none', '"none", "backbone" (train only the classi
 flags.DEFINE_float('backbone_lr_mult', 1.0, 'Learning-rate factor of the backbone.')
 flags.DEFINE_bool('freeze_bn', False, 'BatchNorm uses and keeps its running statistics.')
 # --- run
-flags.DEFINE_string('workdir', '/tmp/inception_finetune', 'Output and checkpoint '
-                    'directory; a run resumes from its latest checkpoint.')
+flags.DEFINE_string('runs_dir', 'runs', 'Parent of the run directories '
+                    '(<arch>-<dataset>-<YYYYmmdd-HHMMSS>).')
+flags.DEFINE_string('workdir', None, 'This run\'s directory. A new path starts a run '
+                    'there; an existing run directory is resumed (its model, data and '
+                    'schedule flags must be unchanged). Default: a new directory in '
+                    '--runs_dir.')
+flags.DEFINE_bool('resume', False, 'Resume the newest run of this --arch and --dataset in '
+                  '--runs_dir (or the run in --workdir).')
 flags.DEFINE_integer('seed', 0, 'Seed of initialisation, data order and augmentation.')
 flags.DEFINE_string('compilation_cache_dir', None, 'Persistent XLA compilation cache, '
                     'shared by runs (a rerun skips most of the compile time); default: '
@@ -136,12 +163,10 @@ flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-
 flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-host).')
 flags.DEFINE_integer('process_id', None, 'Index of this process (multi-host).')
 
-# Flags recorded as hyperparameters (everything but process plumbing).
-_NOT_HPARAMS = ('coordinator_address', 'num_processes', 'process_id', 'workdir',
-                'compilation_cache_dir')
+COMMAND = 'python -m experiments.finetune'
 
 
-class RunError(Exception):
+class RunError(ValueError):
   """Stops a run with a message (bad setup before compile, or a NaN loss)."""
 
 
@@ -150,23 +175,173 @@ def _flag_values() -> dict[str, Any]:
   return {n: FLAGS[n].value for n in names}
 
 
-# ------------------------------------------------------------------------------ setup
+def _flag_defaults() -> dict[str, Any]:
+  names = [f.name for f in FLAGS.get_key_flags_for_module(sys.modules[__name__])]
+  return {n: FLAGS[n].default for n in names}
 
 
-def _pretrained_cfg(arch: str, pretrained: str | None) -> tuple[str, str | None, Any]:
-  """(name for create_model, weight path or None, PretrainedCfg or None)."""
-  if not pretrained and '.' not in arch:
-    return arch, None, None
+# ------------------------------------------------------------------------- checks
+
+
+@dataclasses.dataclass
+class Plan:
+  """What the flags ask for, checked before TensorFlow, data scanning or compiling."""
+  name: str                       # create_model name (arch or arch.tag)
+  arch: str                       # registered architecture
+  path: str | None                # weight file / run to start from
+  pcfg: Any                       # PretrainedCfg of the starting weights, or None
+  start_prep: Any                 # Preprocessing of a run we start from, or None
+  pretrained_name: str | None     # what the run starts from, for records
+  min_size: int                   # smallest input (with aux heads when trained)
+  image_size: int
+  run_dir: str | None             # None: a new directory, named once JAX is up
+  resume: bool
+  hparams: dict[str, Any]         # flags that produced the model (flags.json)
+
+
+def _pretrained(arch: str, pretrained: str | None):
+  """(create_model name, path, PretrainedCfg, classifier config) of --arch/--pretrained."""
+  from inception_jax import inference  # pylint: disable=g-import-not-at-top
   from inception_jax import pretrained as pretrained_lib  # pylint: disable=g-import-not-at-top
+  if not pretrained and '.' not in arch:
+    return arch, None, None, None
   if not pretrained:
-    return arch, None, pretrained_lib.get_pretrained_cfg(arch)
-  if os.path.exists(pretrained):
-    from inception_jax import weights as weights_lib  # pylint: disable=g-import-not-at-top
-    _, config = weights_lib.load(pretrained)
+    return arch, None, pretrained_lib.get_pretrained_cfg(arch), None
+  path = os.path.expanduser(pretrained)
+  if os.path.isdir(path) or (os.path.isfile(path) and inference.is_classifier(path)):
+    file = os.path.join(path, inference.RUN_FILE) if os.path.isdir(path) else path
+    if not os.path.exists(file):
+      raise RunError(f'--pretrained={pretrained}: no {inference.RUN_FILE} in it (not a '
+                     'finished run of experiments.finetune?)')
+    config = inference.read_config(file)
+    return arch.partition('.')[0], path, None, config
+  if os.path.exists(path):
+    config = inference.read_config(path)
     name = f"{config.get('arch')}.{config.get('tag')}"
-    return arch.partition('.')[0], pretrained, pretrained_lib.get_pretrained_cfg(name)
+    return arch.partition('.')[0], path, pretrained_lib.get_pretrained_cfg(name), None
+  if os.sep in pretrained or pretrained.endswith('.safetensors'):
+    raise RunError(f'--pretrained={pretrained}: no such file or run directory')
   name = pretrained if '.' in pretrained else f"{arch.partition('.')[0]}.{pretrained}"
-  return name, None, pretrained_lib.get_pretrained_cfg(name)
+  return name, None, pretrained_lib.get_pretrained_cfg(name), None
+
+
+def _check_number(name: str, ok: bool, want: str) -> None:
+  if not ok:
+    raise RunError(f'--{name}={FLAGS[name].value} is invalid: {want}')
+
+
+def check_flags() -> Plan:
+  """Validates every flag and decides the run directory; no TensorFlow, no data."""
+  _check_number('batch_size', FLAGS.batch_size >= 1, 'use a positive batch size')
+  if FLAGS.steps is None:
+    _check_number('epochs', FLAGS.epochs >= 1, 'train at least one epoch')
+  else:
+    _check_number('steps', FLAGS.steps >= 1, 'train at least one step')
+  _check_number('validation_split', 0.0 <= FLAGS.validation_split < 1.0,
+                'a fraction in [0, 1)')
+  _check_number('learning_rate', FLAGS.learning_rate >= 0, 'use a rate >= 0')
+  _check_number('warmup_epochs', FLAGS.warmup_epochs >= 0, 'use a length >= 0')
+  _check_number('zoom_range', 0.0 <= FLAGS.zoom_range < 1.0, 'factors are 1 -/+ z, z < 1')
+  _check_bn_momentum()
+  spec = FLAGS.dataset
+  kind, sep, arg = spec.partition(':')
+  if not (spec == 'digits' or (sep and kind in ('folder', 'tfds') and arg)):
+    raise RunError(f'--dataset={spec!r}: use "digits", "folder:PATH" (one sub-folder of '
+                   'images per class) or "tfds:NAME"')
+  if kind == 'folder':
+    folders.resolve_folder_layout(arg)  # raises DataError on a wrong layout
+  for name in ('validation_dataset', 'test_dataset'):
+    if FLAGS[name].value:
+      folders.resolve_class_folder(FLAGS[name].value, f'--{name}')
+
+  try:
+    name, path, pcfg, cconfig = _pretrained(FLAGS.arch, FLAGS.pretrained)
+    arch = name.partition('.')[0]
+    aspec = inception_jax.get_arch(arch)
+  except ValueError as e:
+    raise RunError(str(e)) from None
+  if cconfig is not None and cconfig['arch'] != arch:
+    raise RunError(f'--pretrained={FLAGS.pretrained} holds a {cconfig["arch"]} model, '
+                   f'not --arch={FLAGS.arch}; use --arch={cconfig["arch"]}')
+  if FLAGS.aux_logits and not aspec.aux_heads:
+    raise RunError(f'{arch} has no auxiliary classifier; drop --aux_logits')
+  from inception_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  options = {**model_lib.BASE_DEFAULTS, **aspec.defaults}
+  if pcfg is not None:
+    options.update(dict(pcfg.options))
+  if cconfig is not None:
+    options.update(cconfig['options'])
+  min_size = aspec.min_input_size(options['padding'], aux=FLAGS.aux_logits)
+  start_prep = (prep_lib.Preprocessing.from_dict(cconfig['preprocessing'])
+                if cconfig is not None else None)
+  if FLAGS.image_size is not None:
+    size = FLAGS.image_size
+  elif pcfg is not None:
+    size = int(np.ravel(pcfg.input_size)[-1])
+  elif start_prep is not None:
+    size = start_prep.image_size
+  elif FLAGS.dataset == 'digits':
+    size = min_size
+  else:
+    size = aspec.default_size
+  if size < min_size:
+    raise RunError(f'--image_size={size} is below the minimum input of {arch}'
+                   f'{" with --aux_logits" if FLAGS.aux_logits else ""} ({min_size}); '
+                   f'use --image_size={min_size} or more')
+  pretrained_name = (f'{pcfg.arch}.{pcfg.tag}' if pcfg is not None else
+                     (os.path.abspath(path) if cconfig is not None else None))
+
+  hparams = {k: v for k, v in _flag_values().items() if k not in runs_lib.PLUMBING}
+  run_dir, resume = _resolve_run_dir(hparams)
+  return Plan(name, arch, path, pcfg, start_prep, pretrained_name, min_size, size,
+              run_dir, resume, hparams)
+
+
+def _check_bn_momentum() -> None:
+  if FLAGS.bn_momentum == 'auto':
+    return
+  try:
+    m = float(FLAGS.bn_momentum)
+  except ValueError:
+    raise RunError(f'--bn_momentum must be "auto" or a number in (0, 1), got '
+                   f'{FLAGS.bn_momentum!r}') from None
+  if not 0.0 < m < 1.0:
+    raise RunError(f'--bn_momentum must be in (0, 1), got {m}')
+
+
+def _resolve_run_dir(hparams: dict[str, Any]) -> tuple[str | None, bool]:
+  """(run directory or None for a new one, resume?); refuses changed settings."""
+  runs_dir = os.path.abspath(os.path.expanduser(FLAGS.runs_dir))
+  if FLAGS.workdir:
+    run_dir = os.path.abspath(os.path.expanduser(FLAGS.workdir))
+    if runs_lib.is_run_dir(run_dir):
+      resume = True
+    elif os.path.isdir(run_dir) and os.listdir(run_dir):
+      raise RunError(f'--workdir={FLAGS.workdir} exists and is not a run directory (no '
+                     f'{runs_lib.FLAGS_JSON}); give a new or empty directory, or drop '
+                     '--workdir for a new run in --runs_dir')
+    elif FLAGS.resume:
+      raise RunError(f'--resume: {run_dir} holds no run to resume')
+    else:
+      return run_dir, False
+  elif FLAGS.resume:
+    run_dir = runs_lib.latest_run(runs_dir, FLAGS.arch, FLAGS.dataset)
+    if run_dir is None:
+      raise RunError(f'--resume: no run of --arch={FLAGS.arch} --dataset={FLAGS.dataset} '
+                     f'in {runs_dir}; give --workdir=RUN_DIR, or drop --resume')
+    resume = True
+  else:
+    return None, False
+  old = runs_lib.read_json(os.path.join(run_dir, runs_lib.FLAGS_JSON))
+  diff = runs_lib.flag_diff(old, hparams, _flag_defaults())
+  if diff:
+    raise RunError(
+        f'{run_dir} was trained with other settings; resuming would mix them into its '
+        f'model and records. Differences:\n{runs_lib.format_diff(diff)}\n'
+        'Start a new run instead (drop --workdir/--resume), or resume with the run\'s '
+        f'flags: --flagfile={os.path.join(run_dir, runs_lib.FLAGS_TXT)} '
+        f'--workdir={run_dir}')
+  return run_dir, resume
 
 
 def _bn_momentum(arch: str, total_steps: int) -> float:
@@ -179,15 +354,9 @@ def _bn_momentum(arch: str, total_steps: int) -> float:
   momentum when the run is long enough (>= 1000 steps at 0.99) and otherwise uses
   1 - 10 / steps, i.e. an average over the last tenth of the run (0.9 at least).
   """
+  _check_bn_momentum()
   if FLAGS.bn_momentum != 'auto':
-    try:
-      m = float(FLAGS.bn_momentum)
-    except ValueError:
-      raise RunError(f'--bn_momentum must be "auto" or a number in (0, 1), got '
-                     f'{FLAGS.bn_momentum!r}') from None
-    if not 0.0 < m < 1.0:
-      raise RunError(f'--bn_momentum must be in (0, 1), got {m}')
-    return m
+    return float(FLAGS.bn_momentum)
   from inception_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   default = {**model_lib.BASE_DEFAULTS,
              **inception_jax.get_arch(arch).defaults}['bn_momentum']
@@ -197,10 +366,10 @@ def _bn_momentum(arch: str, total_steps: int) -> float:
 @dataclasses.dataclass
 class Setup:
   """Everything decided before compiling: data, model, preprocessing, schedule."""
-  dataset: data_lib.Dataset
+  dataset: Any
   model: Any
-  prep: data_lib.Preprocessing
-  aug: data_lib.Augmentation
+  prep: prep_lib.Preprocessing
+  aug: Any
   cfg: train_lib.TrainConfig
   steps_per_epoch: int
   total_steps: int
@@ -208,17 +377,14 @@ class Setup:
   bn_momentum: float
 
 
-def prepare() -> Setup:
-  """Validates flags, loads the dataset and builds the model (no compilation)."""
+def prepare(plan: Plan) -> Setup:
+  """Loads the dataset and builds the model (no compilation)."""
+  from experiments import data as data_lib  # pylint: disable=g-import-not-at-top
   n_dev = jax.device_count()
-  if FLAGS.batch_size < 1 or FLAGS.batch_size % n_dev:
+  if FLAGS.batch_size % n_dev:
     raise RunError(f'--batch_size={FLAGS.batch_size} is not divisible by the {n_dev} '
                    f'devices; use a multiple of {n_dev} (e.g. '
                    f'{max(n_dev, FLAGS.batch_size // n_dev * n_dev)})')
-  if FLAGS.steps is None and FLAGS.epochs < 1:
-    raise RunError(f'--epochs must be >= 1, got {FLAGS.epochs}')
-  if FLAGS.steps is not None and FLAGS.steps < 1:
-    raise RunError(f'--steps must be >= 1, got {FLAGS.steps}')
   aug = data_lib.Augmentation(
       horizontal_flip=FLAGS.horizontal_flip, vertical_flip=FLAGS.vertical_flip,
       rotation_range=FLAGS.rotation_range, width_shift_range=FLAGS.width_shift_range,
@@ -228,49 +394,40 @@ def prepare() -> Setup:
 
   dataset = data_lib.load_dataset(
       FLAGS.dataset, validation_split=FLAGS.validation_split, data_dir=FLAGS.data_dir,
-      cache_dir=FLAGS.cache_dir)
+      cache_dir=FLAGS.cache_dir, validation_dataset=FLAGS.validation_dataset,
+      test_dataset=FLAGS.test_dataset)
   steps_per_epoch = dataset.train.num_examples // FLAGS.batch_size
   if steps_per_epoch < 1:
     raise RunError(f'{dataset.name} has {dataset.train.num_examples} training images, '
                    f'fewer than one batch of {FLAGS.batch_size}; lower --batch_size')
 
-  name, path, pcfg = _pretrained_cfg(FLAGS.arch, FLAGS.pretrained)
   total = FLAGS.steps or FLAGS.epochs * steps_per_epoch
   options = dict(pooling=FLAGS.pooling, aux_logits=FLAGS.aux_logits,
-                 bn_momentum=_bn_momentum(name.partition('.')[0], total))
+                 bn_momentum=_bn_momentum(plan.arch, total))
   if FLAGS.dropout_rate is not None:
     options['dropout_rate'] = FLAGS.dropout_rate
   rngs = nnx.Rngs(FLAGS.seed)
-  if pcfg is None:
-    model = inception_jax.create_model(name, num_classes=dataset.num_classes, rngs=rngs,
-                                       **options)
+  if plan.pcfg is None and plan.path is None:
+    model = inception_jax.create_model(plan.name, num_classes=dataset.num_classes,
+                                       rngs=rngs, **options)
     logging.warning('No --pretrained weights: training %s from scratch (random '
-                    'initialisation, inputs scaled to [-1, 1]).', name)
+                    'initialisation, inputs scaled to [-1, 1]).', plan.name)
   else:
-    model = inception_jax.create_model(name, pretrained=path,
+    model = inception_jax.create_model(plan.name, pretrained=plan.path,
                                        num_classes=dataset.num_classes, rngs=rngs,
                                        **options)
-    logging.info('Fine-tuning from %s.%s%s', pcfg.arch, pcfg.tag,
-                 f' ({path})' if path else '')
+    logging.info('Fine-tuning from %s', plan.pretrained_name)
 
-  min_size = model.min_input_size_aux if FLAGS.aux_logits else model.min_input_size
-  if FLAGS.image_size is not None:
-    size = FLAGS.image_size
-  elif pcfg is not None:
-    size = int(np.ravel(pcfg.input_size)[-1])
-  elif dataset.name == 'digits':
-    size = min_size
+  size = plan.image_size
+  if plan.pcfg is not None:
+    prep = prep_lib.Preprocessing(size, mean=tuple(plan.pcfg.mean), std=tuple(plan.pcfg.std),
+                                  crop_pct=plan.pcfg.crop_pct,
+                                  interpolation=plan.pcfg.interpolation,
+                                  crop_mode=FLAGS.crop_mode)
+  elif plan.start_prep is not None:
+    prep = dataclasses.replace(plan.start_prep, image_size=size, crop_mode=FLAGS.crop_mode)
   else:
-    size = model.default_size
-  if size < min_size:
-    raise RunError(f'--image_size={size} is below the minimum input of {model.arch}'
-                   f'{" with --aux_logits" if FLAGS.aux_logits else ""} ({min_size}); '
-                   f'use --image_size={min_size} or more')
-  if pcfg is not None:
-    prep = data_lib.Preprocessing(size, mean=tuple(pcfg.mean), std=tuple(pcfg.std),
-                                  crop_pct=pcfg.crop_pct, interpolation=pcfg.interpolation)
-  else:
-    prep = data_lib.Preprocessing(size)
+    prep = prep_lib.Preprocessing(size, crop_mode=FLAGS.crop_mode)
 
   cfg = train_lib.TrainConfig(
       optimizer=FLAGS.optimizer, learning_rate=FLAGS.learning_rate,
@@ -286,8 +443,7 @@ def prepare() -> Setup:
   except ValueError as e:
     raise RunError(str(e)) from None
   return Setup(dataset, model, prep, aug, cfg, steps_per_epoch, total,
-               f'{pcfg.arch}.{pcfg.tag}' if pcfg is not None else None,
-               options['bn_momentum'])
+               plan.pretrained_name, options['bn_momentum'])
 
 
 # --------------------------------------------------------------------------- progress
@@ -362,7 +518,16 @@ def _fetch(x) -> np.ndarray:
   return np.asarray(x)
 
 
-def evaluate(eval_step, state, mesh, pipe: data_lib.Pipeline, num_classes: int
+def _host(x):
+  """A replicated global array as numpy on this host (any process count)."""
+  if isinstance(x, jax.Array):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return x
+    return np.asarray(x.addressable_data(0))
+  return x
+
+
+def evaluate(eval_step, state, mesh, pipe, num_classes: int
              ) -> tuple[dict[str, float], np.ndarray]:
   """Validation loss/top-1/top-5 and the confusion matrix (rows: true class)."""
   sums = dict(loss_sum=0.0, top1_correct=0.0, top5_correct=0.0, count=0.0)
@@ -381,8 +546,29 @@ def evaluate(eval_step, state, mesh, pipe: data_lib.Pipeline, num_classes: int
               val_top5=sums['top5_correct'] / n), cm
 
 
+def _model_of(graphdef, state):
+  """The trained network on the host (eval mode), from a replicated train state."""
+  params, batch_stats = jax.tree.map(_host, (state.params, state.batch_stats))
+  model = nnx.merge(graphdef, params, batch_stats, state.rng_state)
+  model.eval()
+  return model
+
+
+def _new_run_dir(plan: Plan) -> str:
+  when = time.time()
+  if jax.process_count() > 1:  # every process must pick the same name
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    when = float(multihost_utils.broadcast_one_to_all(np.float64(when)))
+  name = runs_lib.new_run_name(plan.arch, FLAGS.dataset, when)
+  parent = os.path.abspath(os.path.expanduser(FLAGS.runs_dir))
+  if jax.process_count() > 1:
+    return os.path.join(parent, name)
+  return runs_lib.unique_dir(parent, name)
+
+
 def run() -> dict[str, Any]:
   """One training run as configured by the flags; returns the final facts."""
+  plan = check_flags()
   cache = FLAGS.compilation_cache_dir
   if cache != 'none':
     cache = os.path.expanduser(cache or os.path.join(inception_jax.pretrained.cache_dir(), 'xla'))
@@ -393,19 +579,28 @@ def run() -> dict[str, Any]:
                                          FLAGS.process_id)
   pid, nproc = jax.process_index(), jax.process_count()
   lead = pid == 0
-  s = prepare()
+  s = prepare(plan)
+  from experiments import data as data_lib  # pylint: disable=g-import-not-at-top
+  from experiments import outputs  # pylint: disable=g-import-not-at-top
+  from inception_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  from inception_jax import inference  # pylint: disable=g-import-not-at-top
+  from inception_jax import weights as weights_lib  # pylint: disable=g-import-not-at-top
   ds, cfg = s.dataset, s.cfg
-  workdir = os.path.abspath(os.path.expanduser(FLAGS.workdir))
+  workdir = plan.run_dir or _new_run_dir(plan)
   os.makedirs(os.path.join(workdir, 'plots'), exist_ok=True)
+  if lead and not plan.resume:
+    runs_lib.write_flags(workdir, plan.hparams, COMMAND)
+  record = runs_lib.RunRecord(workdir) if lead else None
   G = FLAGS.batch_size
   epochs = math.ceil(s.total_steps / s.steps_per_epoch)
-  logging.info('%s: %d classes, %d train / %s validation images; %dx%d input, batch %d '
-               '(%d devices, %d processes), %d steps (%d per epoch, %d epochs), BatchNorm '
-               'momentum %g', ds.name,
-               ds.num_classes, ds.train.num_examples,
-               ds.val.num_examples if ds.val else 'no', s.prep.image_size,
-               s.prep.image_size, G, jax.device_count(), nproc, s.total_steps,
-               s.steps_per_epoch, epochs, s.bn_momentum)
+  logging.info('Run directory: %s%s', workdir, ' (resuming)' if plan.resume else '')
+  logging.info('%s: %d classes, %d train / %s validation / %s test images; %dx%d input '
+               '(%s), batch %d (%d devices, %d processes), %d steps (%d per epoch, %d '
+               'epochs), BatchNorm momentum %g', ds.name, ds.num_classes,
+               ds.train.num_examples, ds.val.num_examples if ds.val else 'no',
+               ds.test.num_examples if ds.test else 'no', s.prep.image_size,
+               s.prep.image_size, s.prep.crop_mode, G, jax.device_count(), nproc,
+               s.total_steps, s.steps_per_epoch, epochs, s.bn_momentum)
 
   train_pipe = data_lib.Pipeline(ds.train, s.prep, s.aug, global_batch_size=G,
                                  seed=FLAGS.seed, process_index=pid, process_count=nproc)
@@ -426,6 +621,9 @@ def run() -> dict[str, Any]:
                  s.prep.image_size, s.prep.image_size, data_lib.cpu_cores(),
                  pipeline_ips * data_lib.cpu_cores())
 
+  num_params = weights_lib.num_weights(s.model)
+  model_desc = dict(arch=plan.arch, num_classes=ds.num_classes,
+                    options=inference.model_options(s.model))
   mesh = train_lib.make_mesh()
   graphdef, state = train_lib.create_train_state(s.model, cfg, mesh)
   del s.model
@@ -434,6 +632,11 @@ def run() -> dict[str, Any]:
   start = 0
   latest = ckpt.latest_step()
   if latest is not None:
+    meta = ckpt.metadata(latest)
+    if meta.get('class_names') != ds.class_names:
+      raise RunError(f'the dataset\'s classes changed since {workdir} was trained: '
+                     f'run {meta.get("class_names")}, now {ds.class_names}. Start a new '
+                     'run for the new classes')
     state, meta = ckpt.restore(latest, state)
     start = int(meta['step'])
     if meta.get('steps_per_epoch') != s.steps_per_epoch:
@@ -442,37 +645,71 @@ def run() -> dict[str, Any]:
                       meta.get('steps_per_epoch'), s.steps_per_epoch)
     logging.info('Resumed from checkpoint step %d (epoch %d) in %s', start,
                  start // s.steps_per_epoch, ckpt.directory)
+  elif plan.resume:
+    logging.info('No checkpoint in %s yet: the run starts from step 0', workdir)
+  if (lead and latest is not None and latest >= s.total_steps
+      and record.data.get('status') == 'finished'):
+    ckpt.close()
+    print(f'\n{workdir} is complete ({latest} steps); nothing to train. Its report: '
+          f'{os.path.join(workdir, "summary.md")}; evaluate it with\n  python -m '
+          f'experiments.evaluate --run={workdir}\n')
+    return dict(facts={}, val=record.data.get('final'), best=record.data.get('best'),
+                images_per_second=float('nan'), wall_seconds=0.0, steps=latest,
+                workdir=workdir, complete=True)
   logger = outputs.MetricsLogger(workdir, start if latest is not None else None,
                                  tensorboard=lead)
-  hparams = {k: v for k, v in _flag_values().items() if k not in _NOT_HPARAMS}
+  hparams = plan.hparams
   if lead:
-    with open(os.path.join(workdir, 'flags.json'), 'w') as f:
-      json.dump(hparams, f, indent=1, default=str)
+    record.update(arch=plan.arch, pretrained=s.pretrained_name, dataset=ds.name,
+                  layout=ds.layout, class_names=ds.class_names,
+                  num_classes=ds.num_classes, train_images=ds.train.num_examples,
+                  validation_images=ds.val.num_examples if ds.val else 0,
+                  test_images=ds.test.num_examples if ds.test else 0,
+                  params=num_params, image_size=s.prep.image_size,
+                  preprocessing=s.prep.to_dict(), steps=s.total_steps,
+                  steps_per_epoch=s.steps_per_epoch, batch_size=G)
+    record.start_attempt(start, {k: v for k, v in _flag_values().items()
+                                 if k in runs_lib.PLUMBING})
 
   train_step = train_lib.make_train_step(graphdef, cfg, mesh)
   eval_step = train_lib.make_eval_step(graphdef, mesh)
 
   metadata = dict(arch=FLAGS.arch, pretrained=s.pretrained_name,
                   num_classes=ds.num_classes, class_names=ds.class_names,
-                  preprocessing=dataclasses.asdict(s.prep), flags=hparams,
+                  preprocessing=s.prep.to_dict(), flags=hparams, model=model_desc,
                   steps_per_epoch=s.steps_per_epoch, data_seed=FLAGS.seed)
   eval_every = FLAGS.eval_every or s.steps_per_epoch
   ckpt_every = FLAGS.checkpoint_every or s.steps_per_epoch
+  inference_file = os.path.join(workdir, inference.RUN_FILE)
 
   def save(step, val=None):
     epoch, in_epoch = divmod(step, s.steps_per_epoch)
     ckpt.save(step, state, dict(metadata, step=step, epoch=epoch, step_in_epoch=in_epoch),
               metrics=val)
 
+  def save_inference(step, val, selected):
+    if lead:
+      inference.save_classifier(
+          inference_file, _model_of(graphdef, state), ds.class_names, s.prep,
+          step=step, epoch=round(step / s.steps_per_epoch, 3),
+          metrics=val, selected=selected, pretrained=s.pretrained_name,
+          dataset=ds.name, run=os.path.basename(workdir))
+
+  # The best so far (a resumed run included) comes from the evaluations kept.
+  def scored(r):
+    return isinstance(r.get('val_top1'), (int, float))
+
+  best = max((r for r in logger.evals.rows if scored(r)), key=lambda r: r['val_top1'],
+             default=None)
   progress = Progress(s.total_steps, start, G, enabled=lead)
-  cm, last_val, best = None, None, None
+  cm, last_val = None, None
   since = dict(loss=0.0, accuracy=0.0, n=0)
   t_train, n_images, t_first = None, 0, None
   data_wait = 0.0
   last_saved = latest
+  step = start
   try:
     batches = train_pipe.train_batches(start, s.total_steps)
-    step = start
     while step < s.total_steps:
       t0 = time.perf_counter()
       try:
@@ -512,8 +749,6 @@ def run() -> dict[str, Any]:
       if (step % eval_every == 0 or end) and val_pipe is not None:
         val, cm = evaluate(eval_step, state, mesh, val_pipe, ds.num_classes)
         last_val = val
-        if best is None or val['val_top1'] > best['val_top1']:
-          best = dict(val, step=step)
       if step % eval_every == 0 or end:
         erow = dict(step=step, epoch=round(step / s.steps_per_epoch, 3),
                     train_loss=since['loss'] / max(since['n'], 1),
@@ -525,25 +760,42 @@ def run() -> dict[str, Any]:
           progress.write(f"eval step {step} (epoch {erow['epoch']}): val loss "
                          f"{val['val_loss']:.4f} top-1 {100 * val['val_top1']:.2f}% "
                          f"top-5 {100 * val['val_top5']:.2f}%")
+          if best is None or val['val_top1'] > best['val_top1']:
+            best = erow
+            # Before the checkpoint: a kill between the two re-evaluates this step.
+            save_inference(step, val, f'best val_top1 (step {step})')
       if step % ckpt_every == 0 or end:
         save(step, val)
         last_saved = step
-    if cm is None and val_pipe is not None and step > 0:
+    if val_pipe is None:
+      save_inference(step, None, f'last step {step} (no validation split)')
+    elif cm is None and step > 0:
       # Resumed a finished run (or evaluation never fell on a step): score it once.
       last_val, cm = evaluate(eval_step, state, mesh, val_pipe, ds.num_classes)
+      if not os.path.exists(inference_file):
+        save_inference(step, last_val, f'last step {step}')
     logger.flush()
+  except BaseException as e:
+    if lead:
+      record.end_attempt(step, time.time() - _T_PROCESS, status='failed',
+                         error=f'{type(e).__name__}: {e}')
+    raise
   finally:
     progress.close()
 
   wall = time.time() - _T_PROCESS
   ips = n_images / t_train if t_train else float('nan')
   facts = {
+      'run directory': workdir,
       'architecture': FLAGS.arch,
       'weights': s.pretrained_name or 'none (trained from scratch)',
+      'parameters': f'{num_params:,}',
       'dataset': f'{ds.name} ({ds.num_classes} classes, {ds.train.num_examples} train / '
-                 f'{ds.val.num_examples if ds.val else 0} validation images)',
-      'input': f'{s.prep.image_size}x{s.prep.image_size}, mean {s.prep.mean}, std '
-               f'{s.prep.std}, crop_pct {s.prep.crop_pct}, {s.prep.interpolation}',
+                 f'{ds.val.num_examples if ds.val else 0} validation / '
+                 f'{ds.test.num_examples if ds.test else 0} test images)',
+      'input': f'{s.prep.image_size}x{s.prep.image_size} ({s.prep.crop_mode}), mean '
+               f'{s.prep.mean}, std {s.prep.std}, crop_pct {s.prep.crop_pct}, '
+               f'{s.prep.interpolation}',
       'steps': f'{step} ({step / s.steps_per_epoch:.2f} epochs of {s.steps_per_epoch} '
                f'steps, batch {G})',
       'BatchNorm momentum': f'{s.bn_momentum:g} (--bn_momentum={FLAGS.bn_momentum})',
@@ -564,12 +816,10 @@ def run() -> dict[str, Any]:
     facts['final validation top-1'] = f"{100 * last_val['val_top1']:.2f}%"
     facts['final validation top-5'] = f"{100 * last_val['val_top5']:.2f}%"
     facts['final validation loss'] = f"{last_val['val_loss']:.4f}"
-  # The best over the whole run (a resumed run included) comes from the eval log.
-  vals = [r for r in logger.evals.rows if isinstance(r.get('val_top1'), (int, float))]
-  if vals:
-    b = max(vals, key=lambda r: r['val_top1'])
-    facts['best validation top-1'] = f"{100 * b['val_top1']:.2f}% (step {b['step']})"
-    facts['best validation top-5'] = f"{100 * max(r['val_top5'] for r in vals):.2f}%"
+  if best is not None:
+    facts['best validation top-1'] = (f"{100 * best['val_top1']:.2f}% (step {best['step']}, "
+                                      f"epoch {best['epoch']}; {inference.RUN_FILE})")
+  facts['inference file'] = inference_file
 
   if lead:
     plots = os.path.join(workdir, 'plots')
@@ -585,12 +835,20 @@ def run() -> dict[str, Any]:
         os.path.join(workdir, 'summary.md'),
         title=f'Fine-tuning {FLAGS.arch} on {ds.name}', hparams=hparams, facts=facts,
         evals=logger.evals.rows, cm=cm, class_names=ds.class_names)
+    keys = ('step', 'epoch', 'val_loss', 'val_top1', 'val_top5')
+    record.end_attempt(
+        step, wall, status='finished', epochs_done=round(step / s.steps_per_epoch, 3),
+        best={k: best[k] for k in keys} if best else None,
+        final=dict(last_val, step=step, epoch=round(step / s.steps_per_epoch, 3))
+        if last_val else None,
+        train_images_per_second=None if math.isnan(ips) else round(ips, 2),
+        pipeline_images_per_second_per_core=pipeline_ips, first_step_seconds=t_first)
     print('\n' + text.split('## Hyperparameters')[0].rstrip() + '\n')
     print(f'Outputs in {workdir}')
   ckpt.close()
   return dict(facts=facts, val=last_val, best=best, images_per_second=ips,
               pipeline_images_per_second_per_core=pipeline_ips, wall_seconds=wall,
-              steps=step)
+              steps=step, workdir=workdir)
 
 
 class _QuietLibraries:
@@ -608,7 +866,7 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
     run()
-  except (RunError, data_lib.DataError, ValueError, FileNotFoundError) as e:
+  except (RunError, folders.DataError, ValueError, FileNotFoundError) as e:
     logging.error('%s', e)
     sys.exit(f'error: {e}')
 

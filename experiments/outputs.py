@@ -132,11 +132,56 @@ class MetricsLogger:
 # -------------------------------------------------------------------------------- plots
 
 
+# Fonts tried, in order, for each glyph: DejaVu (matplotlib's own) for Latin, Greek
+# and Cyrillic, NanumGothic (shipped in the koreanize-matplotlib wheel) for Hangul,
+# then CJK fonts a system may have. Only the installed ones are used.
+_FALLBACK_FONTS = ('DejaVu Sans', 'NanumGothic', 'Noto Sans CJK KR', 'Noto Sans CJK JP',
+                   'Noto Sans CJK SC', 'Droid Sans Fallback', 'Arial Unicode MS')
+
+
 def _plt():
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  _register_fonts(matplotlib)
   return plt
+
+
+def _register_fonts(matplotlib) -> None:
+  """Registers the Hangul font of koreanize-matplotlib and sets a per-glyph fallback list.
+
+  The package's font file is added directly: importing the package would switch
+  the whole process to that font (and imports ``distutils``).
+  """
+  from matplotlib import font_manager  # pylint: disable=g-import-not-at-top
+  if getattr(_register_fonts, 'done', False):
+    return
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.find_spec('koreanize_matplotlib')
+  if spec is not None and spec.submodule_search_locations:
+    for d in spec.submodule_search_locations:
+      ttf = os.path.join(d, 'fonts', 'NanumGothic.ttf')
+      if os.path.exists(ttf):
+        font_manager.fontManager.addfont(ttf)
+  have = {f.name for f in font_manager.fontManager.ttflist}
+  matplotlib.rcParams['font.family'] = [f for f in _FALLBACK_FONTS if f in have] or [
+      'sans-serif']
+  matplotlib.rcParams['axes.unicode_minus'] = False
+  _register_fonts.done = True
+
+
+def save_figure(fig, path: str, dpi: int = 100) -> None:
+  """Saves a figure atomically (a killed process leaves the old PNG) and closes it."""
+  plt = _plt()
+  tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
+                     f'.{os.path.basename(path)}.{os.getpid()}.tmp')
+  fig.savefig(tmp, dpi=dpi, format=os.path.splitext(path)[1][1:] or 'png')
+  os.replace(tmp, path)
+  plt.close(fig)
+
+
+def _short(name: str, n: int = 24) -> str:
+  return name if len(name) <= n else name[:n - 1] + '\u2026'
 
 
 def _smooth(y: np.ndarray, n: int) -> np.ndarray:
@@ -146,74 +191,131 @@ def _smooth(y: np.ndarray, n: int) -> np.ndarray:
   return np.convolve(y, k, mode='valid')
 
 
-def plot_curves(path: str, steps: Sequence[dict], evals: Sequence[dict]) -> None:
-  """Loss and accuracy against step: training (raw and smoothed) and validation."""
+def plot_curves(path: str, steps: Sequence[dict], evals: Sequence[dict],
+                steps_per_epoch: int | None = None) -> None:
+  """Loss and accuracy: training (per step and smoothed) and validation.
+
+  With ``steps_per_epoch`` and more than one epoch the x axis is the epoch
+  (training steps at fractional epochs), as Keras users plot ``history``.
+  """
   plt = _plt()
   fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(11, 4))
-  s = np.array([r['step'] for r in steps])
+  s = np.array([r['step'] for r in steps], dtype=float)
+  es = np.array([r['step'] for r in evals], dtype=float)
+  by_epoch = bool(steps_per_epoch) and len(s) and s.max() > steps_per_epoch
+  scale = steps_per_epoch if by_epoch else 1
   for ax, key, vkeys in ((ax_l, 'loss', ('val_loss',)),
                          (ax_a, 'accuracy', ('val_top1', 'val_top5'))):
     y = np.array([float(r.get(key, np.nan)) for r in steps])
     if len(s):
-      ax.plot(s, y, color='C0', alpha=0.3, lw=0.8, label=f'train {key} (step)')
+      ax.plot(s / scale, y, color='C0', alpha=0.3, lw=0.8, label=f'train {key} (step)')
       n = max(1, len(s) // 20)
       if n > 1:
-        ax.plot(s[n - 1:], _smooth(y, n), color='C0', label=f'train {key} ({n}-step mean)')
-    es = [r['step'] for r in evals]
+        ax.plot(s[n - 1:] / scale, _smooth(y, n), color='C0',
+                label=f'train {key} ({n}-step mean)')
+    tkey = 'train_loss' if key == 'loss' else 'train_accuracy'
+    ty = [r.get(tkey) for r in evals]
+    if by_epoch and any(v is not None for v in ty):
+      ax.plot(es / scale, [np.nan if v is None else v for v in ty], 's--', color='C0',
+              label=f'train {key} (epoch mean)')
     for i, vk in enumerate(vkeys):
       vy = [r.get(vk) for r in evals]
-      if any(v is not None for v in vy):
-        ax.plot(es, [np.nan if v is None else v for v in vy], 'o-', color=f'C{i + 1}',
-                label=vk.replace('_', ' '))
-    ax.set_xlabel('step')
+      if any(isinstance(v, (int, float)) for v in vy):
+        ax.plot(es / scale, [v if isinstance(v, (int, float)) else np.nan for v in vy],
+                'o-', color=f'C{i + 1}', label=vk.replace('_', ' '))
+    ax.set_xlabel('epoch' if by_epoch else 'step')
     ax.set_ylabel(key)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   ax_l.set_title('loss')
   ax_a.set_title('accuracy')
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  save_figure(fig, path)
 
 
-def plot_confusion(path: str, cm: np.ndarray, class_names: Sequence[str]) -> None:
-  """Row-normalised confusion matrix (rows: true class), counts written in cells."""
+def _font_size(k: int) -> float:
+  """Tick-label size for k classes: 10 pt for a few, 5 pt at 100."""
+  return float(np.clip(10 - (k - 10) * 5 / 90, 5, 10))
+
+
+def plot_confusion(path: str, cm: np.ndarray, class_names: Sequence[str],
+                   title: str = 'validation confusion matrix',
+                   column_names: Sequence[str] | None = None) -> None:
+  """Row-normalised confusion matrix (rows: true class) with counts in the cells.
+
+  The figure grows with the class count (readable from 2 to 100 classes: cells
+  of 0.28-0.6 inch at 100 dpi, labels 10-5 pt); names in any script (Hangul
+  through the registered fallback font). ``column_names`` when the predicted
+  classes differ from the true ones (e.g. an '(other)' column).
+  """
   plt = _plt()
-  k = len(class_names)
-  side = min(4 + 0.4 * k, 20)
-  fig, ax = plt.subplots(figsize=(side, side))
+  rows, cols = len(class_names), cm.shape[1]
+  column_names = list(column_names or class_names)
+  k = max(rows, cols)
+  cell = float(np.clip(0.6 - (k - 10) * 0.0035, 0.28, 0.6))
+  longest = max(len(_short(n)) for n in list(class_names) + column_names)
+  fs = _font_size(k)
+  margin = 1.2 + longest * fs / 72 * 0.6
+  fig, ax = plt.subplots(figsize=(margin + cols * cell + 1.0, margin + rows * cell + 0.6))
   norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-  ax.imshow(norm, cmap='Blues', vmin=0, vmax=1)
-  if k <= 30:
-    ax.set_xticks(range(k), class_names, rotation=90)
-    ax.set_yticks(range(k), class_names)
-    for i in range(k):
-      for j in range(k):
-        if cm[i, j]:
-          ax.text(j, i, str(cm[i, j]), ha='center', va='center', fontsize=7,
-                  color='white' if norm[i, j] > 0.5 else 'black')
+  im = ax.imshow(norm, cmap='Blues', vmin=0, vmax=1, aspect='equal')
+  ax.set_xticks(range(cols), [_short(n) for n in column_names], rotation=90, fontsize=fs)
+  ax.set_yticks(range(rows), [_short(n) for n in class_names], fontsize=fs)
+  count_fs = max(4.0, fs - 1 - (1 if cm.max() >= 100 else 0) - (1 if cm.max() >= 1000 else 0))
+  for i in range(rows):
+    for j in range(cols):
+      if cm[i, j]:
+        ax.text(j, i, str(int(cm[i, j])), ha='center', va='center', fontsize=count_fs,
+                color='white' if norm[i, j] > 0.5 else 'black')
   ax.set_xlabel('predicted')
   ax.set_ylabel('true')
-  ax.set_title('validation confusion matrix')
+  ax.set_title(title)
+  fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02, label='fraction of the true class')
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  save_figure(fig, path)
 
 
 def plot_per_class_error(path: str, errors: np.ndarray, counts: np.ndarray,
-                         class_names: Sequence[str]) -> None:
-  """Bar chart of the validation error rate of every class."""
+                         class_names: Sequence[str], title: str | None = None) -> None:
+  """Horizontal bars of each class's error rate, worst first (readable up to 100+)."""
   plt = _plt()
   k = len(class_names)
-  fig, ax = plt.subplots(figsize=(min(4 + 0.3 * k, 24), 4))
-  ax.bar(range(k), errors * 100, color='C3')
-  ax.set_xticks(range(k), class_names, rotation=90 if k > 10 else 0)
-  ax.set_ylabel('error rate (%)')
-  ax.set_title(f'validation error per class ({int(counts.sum())} images)')
-  ax.grid(axis='y', alpha=0.3)
+  order = np.argsort(-np.nan_to_num(errors, nan=-1), kind='stable')
+  fs = _font_size(k)
+  fig, ax = plt.subplots(figsize=(7.5, 1.2 + k * max(0.12, fs / 60)))
+  y = np.arange(k)
+  ax.barh(y, np.nan_to_num(errors[order]) * 100, color='C3')
+  ax.set_yticks(y, [f'{_short(class_names[i])} ({int(counts[i])})' for i in order],
+                fontsize=fs)
+  ax.invert_yaxis()
+  ax.set_xlabel('error rate (%)')
+  ax.set_xlim(0, 100)
+  ax.set_title(title or f'error per class, worst first ({int(counts.sum())} images; '
+               'images per class in brackets)', fontsize=9)
+  ax.grid(axis='x', alpha=0.3)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  save_figure(fig, path)
+
+
+def plot_misclassified(path: str, thumbs: Sequence[np.ndarray], captions: Sequence[str],
+                       title: str) -> None:
+  """A grid of images captioned ``true -> predicted (p)`` (most confident first)."""
+  plt = _plt()
+  n = len(thumbs)
+  cols = int(min(5, max(1, n)))
+  rows = max(1, -(-n // cols))
+  fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.4, rows * 2.6 + 0.4),
+                           squeeze=False)
+  for ax in axes.ravel():
+    ax.axis('off')
+  for ax, im, cap in zip(axes.ravel(), thumbs, captions):
+    ax.imshow(im, cmap='gray' if im.ndim == 2 else None)
+    ax.set_title(cap, fontsize=8)
+  if not n:
+    axes[0, 0].text(0.5, 0.5, 'no misclassified images', ha='center', va='center')
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  save_figure(fig, path)
 
 
 def per_class_errors(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,9 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from inception_jax import train as train_lib
@@ -202,7 +204,37 @@ class CheckpointManager:
       restored.append(v)
     return jax.tree_util.tree_unflatten(treedef, restored), dict(out['metadata'])
 
-  def _check_matches(self, step: int, abstract: dict) -> None:
+  def restore_weights(self, step: int, model) -> dict[str, np.ndarray]:
+    """Parameters and BN statistics of checkpoint ``step`` for ``model``, no optimizer.
+
+    Reads only those arrays (orbax partial restore), so neither the optimizer nor
+    its settings are needed: evaluation of any checkpoint of a run.
+
+    Args:
+      step: a saved step.
+      model: the network (abstract, e.g. from ``nnx.eval_shape``, is enough).
+
+    Returns:
+      Flat arrays keyed like the project weight format (``inception_jax.weights``).
+    """
+    step = self._resolve(step)
+    _, params, batch_stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    abstract, names = {}, {}
+    for path, x in jax.tree_util.tree_flatten_with_path(
+        {'params': params, 'batch_stats': batch_stats})[0]:
+      k = _path_key(path)
+      abstract[k] = jax.ShapeDtypeStruct(x.shape, x.dtype)
+      names[k] = '/'.join(str(p.key) for p in path[1:]
+                          if isinstance(p, jax.tree_util.DictKey))
+    self._check_matches(step, abstract, partial=True)
+    restore_args = {k: ocp.RestoreArgs(restore_type=np.ndarray) for k in abstract}
+    out = ocp.PyTreeCheckpointer().restore(
+        os.path.join(self.directory, str(step), 'state'),
+        args=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args,
+                                    partial_restore=True))
+    return {names[k]: np.asarray(v) for k, v in out.items()}
+
+  def _check_matches(self, step: int, abstract: dict, partial: bool = False) -> None:
     stored = self._manager.item_metadata(step)['state']
     if stored is None:  # metadata unreadable: leave the check to orbax
       return
@@ -210,7 +242,7 @@ class CheckpointManager:
     want = {k: tuple(v.shape) for k, v in abstract.items()}
     order = lambda k: (not k.startswith('params.'), k)  # parameters first
     missing = sorted(set(want) - set(stored), key=order)
-    unexpected = sorted(set(stored) - set(want), key=order)
+    unexpected = [] if partial else sorted(set(stored) - set(want), key=order)
     shapes = [f'{k}: stored {stored[k]}, target {want[k]}'
               for k in sorted(set(want) & set(stored), key=order) if stored[k] != want[k]]
     if missing or unexpected or shapes:

@@ -330,15 +330,15 @@ def _build_loaded(make, arrays: dict, *, skip: list[str], source: str,
   return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
-def create_pretrained(name: str, *, path: str | None = None, num_classes: int = 1000,
+def create_pretrained(name: str, *, path: str | None = None, num_classes: int | None = None,
                       rngs: nnx.Rngs | None = None, **options: Any):
   """Builds ``arch`` with the options of a tag and loads converted weights strictly.
 
   Args:
     name: ``arch.tag`` (``inception_v3.tf_in1k``) or ``arch`` with ``path``.
     path: converted weight file; default: the tag's file in ``cache_dir()``.
-    num_classes: classifier width. A value different from the file's keeps the
-      backbone and re-initialises the classifier(s) from ``rngs``.
+    num_classes: classifier width (None: the file's). A value different from the
+      file's keeps the backbone and re-initialises the classifier(s) from ``rngs``.
     rngs: RNGs for re-initialised parameters and dropout.
     **options: model options; the tag's numerics options are the defaults.
       ``include_top=False`` loads a no-top file or a full file without its
@@ -359,6 +359,8 @@ def create_pretrained(name: str, *, path: str | None = None, num_classes: int = 
   opts = {**dict(cfg.options), **options}
   include_top = opts.get('include_top', True)
   file_classes = int(config.get('num_classes', cfg.num_classes))
+  if num_classes is None:
+    num_classes = file_classes
   file_has_top = 'Logits/kernel' in arrays
   file_has_aux = any(k.startswith(AUX_PREFIXES) for k in arrays)
 

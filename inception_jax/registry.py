@@ -43,19 +43,24 @@ def get_arch(name: str) -> specs.ArchSpec:
   return _ARCHS[name]
 
 
-def create_model(name: str, *, num_classes: int = 1000, rngs: nnx.Rngs | None = None,
-                 pretrained: str | None = None, **options: Any) -> model_lib.Inception:
+def create_model(name: str | None = None, *, num_classes: int | None = None,
+                 rngs: nnx.Rngs | None = None, pretrained: str | None = None,
+                 **options: Any) -> model_lib.Inception:
   """Builds a network of the family.
 
   Args:
     name: an architecture from ``list_models()`` or a pretrained tag
       ``arch.tag`` from ``list_pretrained()``; a tag sets the options that make
       the network match its source (padding, ``count_include_pad``, BN scale...).
-    num_classes: classifier width. With pretrained weights a different value keeps
-      the backbone and re-initialises the classifier (transfer learning).
+      May be omitted when ``pretrained`` is a run or an inference file.
+    num_classes: classifier width (default: the weights', else 1000). With
+      pretrained weights a different value keeps the backbone and re-initialises
+      the classifier (transfer learning).
     rngs: parameter/dropout RNGs; ``nnx.Rngs(0)`` when omitted.
     pretrained: path of a converted weight file (``third_party_weights.convert``)
-      to load strictly into the network.
+      to load strictly into the network, or a fine-tuning run directory / its
+      inference file (``inception_jax.inference``: architecture, options and
+      classes come from the file).
     **options: ``include_top``, ``pooling`` ('avg', 'max' or None), ``dropout_rate``,
       ``aux_logits``, ``dtype``, ``param_dtype``, ``in_channels`` and the numerics
       options ``padding`` ('tf' | 'symmetric'), ``count_include_pad``,
@@ -68,6 +73,15 @@ def create_model(name: str, *, num_classes: int = 1000, rngs: nnx.Rngs | None = 
   """
   if rngs is None:
     rngs = nnx.Rngs(0)
+  if pretrained is not None:
+    from inception_jax import inference  # pylint: disable=g-import-not-at-top
+    if inference.is_classifier(pretrained):
+      return inference.create_from_classifier(pretrained, name=name,
+                                              num_classes=num_classes, rngs=rngs,
+                                              **options)
+  if name is None:
+    raise ValueError('create_model needs an architecture name (list_models()) unless '
+                     'pretrained= is a run directory or an inference file')
   arch, _, tag = name.partition('.')
   if tag or pretrained is not None:
     from inception_jax import pretrained as pretrained_lib  # pylint: disable=g-import-not-at-top
@@ -75,7 +89,8 @@ def create_model(name: str, *, num_classes: int = 1000, rngs: nnx.Rngs | None = 
         name, path=pretrained, num_classes=num_classes, rngs=rngs, **options)
   spec = get_arch(arch)
   try:
-    return model_lib.Inception(spec, num_classes=num_classes, rngs=rngs, **options)
+    return model_lib.Inception(spec, num_classes=1000 if num_classes is None else num_classes,
+                               rngs=rngs, **options)
   except TypeError as e:
     if 'unexpected keyword' in str(e) or 'unknown option' in str(e):
       raise ValueError(f'{arch}: {e}. Valid options: {sorted(model_lib.OPTIONS)}') from e

@@ -137,22 +137,157 @@ def test_folder_layout_errors(tmp_path):
     data.load_dataset(f'folder:{tmp_path}/b')
   (tmp_path / 'c' / 'cat').mkdir(parents=True)
   (tmp_path / 'c' / 'cat' / 'broken.jpg').write_bytes(b'\xff\xd8junk')
+  (tmp_path / 'c' / 'dog').mkdir()
+  Image.fromarray(_rgb(0)).save(tmp_path / 'c' / 'dog' / 'x.png')
   with pytest.raises(data.DataError, match="class 'cat' has no readable"):
     data.load_dataset(f'folder:{tmp_path}/c', cache_dir=str(tmp_path / 'cache'))
   with pytest.raises(data.DataError, match='unknown dataset'):
     data.load_dataset('imagenet')
 
 
-def test_existing_train_validation_split(tmp_path):
-  for split, n in (('train', 4), ('val', 2)):
-    for c in ('a', 'b'):
-      d = tmp_path / split / c
-      d.mkdir(parents=True)
-      for i in range(n):
-        Image.fromarray(_rgb(i)).save(d / f'{i}.png')
-  ds = data.load_dataset(f'folder:{tmp_path}', cache_dir=str(tmp_path / 'cache'))
-  assert (ds.train.num_examples, ds.val.num_examples) == (8, 4)
-  assert list(ds.val.labels) == [0, 0, 1, 1]
+def _tree(root, spec, n=2):
+  """Writes ``n`` PNGs into every folder of ``spec`` ('a/b/cls' paths under root)."""
+  for d in spec:
+    os.makedirs(root / d, exist_ok=True)
+    for i in range(n):
+      Image.fromarray(_rgb(i)).save(root / d / f'{i}.png')
+
+
+def _load(root, **kw):
+  return data.load_dataset(f'folder:{root}', cache_dir=str(root) + '_cache', **kw)
+
+
+def test_split_layouts(tmp_path):
+  # train/ + val/ + test/.
+  _tree(tmp_path / 'a', ['train/cat', 'train/dog', 'val/cat', 'val/dog', 'test/cat',
+                         'test/dog'], n=3)
+  ds = _load(tmp_path / 'a')
+  assert ds.class_names == ['cat', 'dog']
+  assert (ds.train.num_examples, ds.val.num_examples, ds.test.num_examples) == (6, 6, 6)
+  assert list(ds.val.labels) == [0, 0, 0, 1, 1, 1]
+  assert ds.test.source_names()[0].endswith(os.path.join('test', 'cat', '0.png'))
+  # Kaggle: seg_train/seg_train/<class>, seg_test/seg_test/<class>, seg_pred/seg_pred/.
+  _tree(tmp_path / 'k', ['seg_train/seg_train/sea', 'seg_train/seg_train/forest',
+                         'seg_train/seg_train/street', 'seg_test/seg_test/sea',
+                         'seg_test/seg_test/forest', 'seg_test/seg_test/street',
+                         'seg_pred/seg_pred'], n=4)
+  ds = _load(tmp_path / 'k', validation_split=0.25)
+  assert ds.class_names == ['forest', 'sea', 'street']
+  assert (ds.train.num_examples, ds.val.num_examples, ds.test.num_examples) == (9, 3, 12)
+  # Pointing at one split unwraps its redundant level instead of learning 1 class.
+  ds = _load(tmp_path / 'k' / 'seg_train', validation_split=0.25)
+  assert ds.class_names == ['forest', 'sea', 'street'] and ds.test is None
+  # A wrapper folder above the splits, train + validation only.
+  _tree(tmp_path / 'w', ['archive/Training/x', 'archive/Training/y', 'archive/Validation/x',
+                         'archive/Validation/y'])
+  ds = _load(tmp_path / 'w')
+  assert (ds.train.num_examples, ds.val.num_examples, ds.test) == (4, 4, None)
+  # Separate --validation_dataset / --test_dataset folders.
+  ds = data.load_dataset(f'folder:{tmp_path}/k/seg_train', cache_dir=str(tmp_path / 'c'),
+                         validation_dataset=f'folder:{tmp_path}/k/seg_test',
+                         test_dataset=str(tmp_path / 'k' / 'seg_test' / 'seg_test'))
+  assert (ds.train.num_examples, ds.val.num_examples, ds.test.num_examples) == (12, 12, 12)
+
+
+def test_split_named_classes_and_single_class_are_refused(tmp_path):
+  # A test split unpacked inside the training split.
+  _tree(tmp_path / 'a', ['cat', 'dog', 'test/cat', 'test/dog'])
+  with pytest.raises(data.DataError, match=r'class folders named like dataset splits '
+                     r'\(test\).*folder:.*a/test'):
+    _load(tmp_path / 'a')
+  _tree(tmp_path / 'a2', ['data/train', 'data/test'])  # images directly in train/, test/
+  with pytest.raises(data.DataError, match='train has no class sub-folders'):
+    _load(tmp_path / 'a2')
+  _tree(tmp_path / 'b', ['test/cat', 'test/dog'])
+  with pytest.raises(data.DataError, match='no training split'):
+    _load(tmp_path / 'b')
+  _tree(tmp_path / 'c', ['cats'])
+  with pytest.raises(data.DataError, match='only one class folder .cats/.*two classes'):
+    _load(tmp_path / 'c')
+  _tree(tmp_path / 'd', ['train/cat', 'train/dog', 'val/cat', 'val/dog', 'extra/x'])
+  with pytest.raises(data.DataError, match='mixes split folders'):
+    _load(tmp_path / 'd')
+  _tree(tmp_path / 'e', ['train/cat', 'train/dog', 'val/cat', 'val/bird'])
+  with pytest.raises(data.DataError, match=r"not in .*\['bird'\].*missing from .*\['dog'\]"):
+    _load(tmp_path / 'e')
+
+
+def test_split_role_names():
+  from experiments import folders
+  for name, role in [('train', 'train'), ('Training', 'train'), ('seg_train', 'train'),
+                     ('val', 'validation'), ('VALID', 'validation'), ('dev', 'validation'),
+                     ('validation', 'validation'), ('seg_test', 'test'), ('Testing', 'test'),
+                     ('seg_pred', 'predict'), ('trains', None), ('training_shoes', None),
+                     ('cat', None), ('contest', None)]:
+    assert folders.split_role(name) == role, name
+
+
+def _jpegs(tmp_path):
+  """Real photos (scikit-learn's two sample JPEGs) re-encoded at odd sizes and shapes."""
+  from sklearn.datasets import load_sample_images
+  paths = []
+  for i, im in enumerate(load_sample_images().images):  # 427x640 RGB
+    for j, a in enumerate([im, im.transpose(1, 0, 2)[:301], im[:250, :333]]):
+      p = str(tmp_path / f'{i}_{j}.jpg')
+      Image.fromarray(np.ascontiguousarray(a)).save(p, quality=90)
+      paths.append(p)
+  return paths
+
+
+def test_pil_and_tf_data_evaluation_agree_on_jpegs(tmp_path):
+  from inception_jax import preprocessing
+  paths = _jpegs(tmp_path)
+  split = data.Split('files', len(paths), labels=np.zeros(len(paths), np.int32),
+                     paths=np.array(paths))
+  for prep, max_levels in [
+      (data.Preprocessing(75), 1.0),
+      (data.Preprocessing(299, crop_pct=0.875, interpolation='bicubic'), None),
+      (data.Preprocessing(96, crop_pct=0.9, crop_mode='squash'), 1.0),
+      (data.Preprocessing(64, interpolation='nearest', mean=(0.485, 0.456, 0.406),
+                          std=(0.229, 0.224, 0.225)), None)]:
+    tf_images = next(data.Pipeline(split, prep, global_batch_size=len(paths))
+                     .eval_batches()).images
+    pil_images = np.stack([preprocessing.eval_transform(p, prep) for p in paths])
+    assert tf_images.shape == pil_images.shape
+    # In 8-bit levels: same geometry and decoder; the resamplers round differently.
+    levels = np.abs(tf_images - pil_images) * 255 * np.array(prep.std)
+    assert levels.mean() < 0.2, (prep, levels.mean())
+    if max_levels is not None:  # bilinear: PIL's two 8-bit passes vs one float pass
+      assert levels.max() <= max_levels + 1e-3, (prep, levels.max())
+    else:  # bicubic overshoot clipped between PIL's passes; nearest ties at .5
+      assert np.mean(levels > 1.001) < 0.005, (prep, np.mean(levels > 1.001))
+
+
+def test_resize_crop_box_is_torchvision_geometry():
+  from inception_jax import preprocessing
+  prep = data.Preprocessing(299, crop_pct=299 / 342)  # torchvision v3: Resize(342)
+  for h, w in [(375, 500), (500, 375), (342, 342), (343, 1000), (299, 300), (1001, 777)]:
+    # torchvision Resize(342): shorter side 342, longer int(342 * long / short);
+    # CenterCrop(299): offsets int(round((dim - 299) / 2.0)).
+    short, long = min(h, w), max(h, w)
+    nh, nw = (342, int(342 * long / short)) if h <= w else (int(342 * long / short), 342)
+    want = (nh, nw, int(round((nh - 299) / 2.0)), int(round((nw - 299) / 2.0)))
+    assert preprocessing.resize_crop_box(h, w, prep) == want, (h, w)
+    got = preprocessing.resize_crop_box(tf.constant(h), tf.constant(w), prep,
+                                        minimum=tf.minimum)
+    assert tuple(int(x) for x in got) == want, (h, w)
+  squash = data.Preprocessing(100, crop_mode='squash')
+  assert preprocessing.resize_crop_box(40, 300, squash) == (100, 100, 0, 0)
+
+
+def test_tta_views(digits):
+  prep = data.Preprocessing(SIZE)
+  pipe = data.Pipeline(digits.val, prep, global_batch_size=8)
+  plain = next(pipe.eval_batches()).images
+  flip = next(pipe.eval_batches(tta=('flip',))).images
+  assert flip.shape == (8, 2, SIZE, SIZE, 3)
+  np.testing.assert_array_equal(flip[:, 0], plain)
+  np.testing.assert_array_equal(flip[:, 1], plain[:, :, ::-1])
+  both = next(pipe.eval_batches(tta=('flip', 'multicrop'))).images
+  assert both.shape == (8, 10, SIZE, SIZE, 3) and data.num_views(('flip', 'multicrop')) == 10
+  np.testing.assert_array_equal(both[:, 5:], both[:, :5, :, ::-1])
+  # The corner crops of the 8x8 digit resized to SIZE / 0.875 differ from the centre.
+  assert not np.allclose(both[:, 0], both[:, 4])
 
 
 def test_digits_split_is_stratified_and_fixed():

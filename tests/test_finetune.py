@@ -108,6 +108,26 @@ def test_setup_errors_come_before_compilation(tmp_path, no_compile):
     run_inprocess(tmp_path / 'w', steps=4, warmup_epochs=100.0)
 
 
+def test_flag_errors_come_before_tensorflow(tmp_path):
+  # A TensorFlow that cannot be imported: the errors must come before it is needed.
+  fake = tmp_path / 'fake' / 'tensorflow'
+  fake.mkdir(parents=True)
+  (fake / '__init__.py').write_text('raise ImportError("TensorFlow was imported")\n')
+  env = dict(_env(), PYTHONPATH=f'{tmp_path / "fake"}{os.pathsep}{ROOT}')
+  for kw, want in [(dict(image_size=2), '--image_size=2 is below the minimum input of '
+                    'tiny_test_net (3); use --image_size=3 or more'),
+                   (dict(dataset=f'folder:{tmp_path}/nope'), 'no such directory'),
+                   (dict(learning_rate=-1), '--learning_rate=-1.0 is invalid')]:
+    t0 = time.time()
+    r = subprocess.run([sys.executable, '-c', RUN_MAIN] +
+                       _cli_args(**{**TINY, 'workdir': tmp_path / 'w', **kw}),
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert want in r.stderr and 'Traceback' not in r.stderr, r.stderr[-2000:]
+    print(f'{kw}: refused after {time.time() - t0:.1f} s')
+  assert not (tmp_path / 'w').exists()  # no run directory for a refused run
+
+
 def test_cli_end_to_end_writes_every_output(tmp_path):
   w = tmp_path / 'run'
   r = run_cli(w, steps=4, eval_every=2, horizontal_flip=True, rotation_range=10,
@@ -171,12 +191,12 @@ def test_folder_with_bad_files_trains(tmp_path):
 
 
 def test_kill_and_resume_reproduces_the_uninterrupted_losses(tmp_path):
-  kw = dict(steps=24, checkpoint_every=3, eval_every=12, rotation_range=15,
+  kw = dict(steps=24, checkpoint_every=3, eval_every=6, rotation_range=15,
             horizontal_flip=True, dropout_rate=0.3)
   run_inprocess(tmp_path / 'ref', **kw)  # the uninterrupted run (same 8 devices)
   ref_rows = _rows(tmp_path / 'ref' / 'metrics' / 'steps.jsonl')
 
-  w = tmp_path / 'killed'
+  w = tmp_path / 'runs' / 'killed'
   args = _cli_args(**{**TINY, 'workdir': w, **kw})
   proc = subprocess.Popen([sys.executable, '-c', RUN_MAIN] + args, cwd=ROOT, env=_env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -192,9 +212,18 @@ def test_kill_and_resume_reproduces_the_uninterrupted_losses(tmp_path):
     proc.wait()
   killed_at = len(_rows(steps_file))
   assert 8 <= killed_at < 24 and not (w / 'summary.md').exists()
+  # Killed at any point, the last complete checkpoint and inference file load.
+  import inception_jax as ij  # pylint: disable=g-import-not-at-top
+  assert ij.load(str(w)).info['step'] >= 6
+  assert ij.load(str(w), checkpoint='latest').info['step'] >= 6
+  assert json.loads((w / 'run.json').read_text())['status'] == 'running'
 
-  resumed = run_cli(w, **kw)
+  # --resume finds the newest run of this arch and dataset in --runs_dir.
+  args = _cli_args(**{**TINY, **kw, 'runs_dir': tmp_path / 'runs'}) + ['--resume']
+  resumed = subprocess.run([sys.executable, '-c', RUN_MAIN] + args, cwd=ROOT, env=_env(),
+                           capture_output=True, text=True, timeout=600)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f'Run directory: {w} (resuming)' in resumed.stderr
   assert 'Resumed from checkpoint step' in resumed.stderr
   rows = _rows(steps_file)
   assert [r['step'] for r in rows] == list(range(1, 25))
@@ -203,7 +232,7 @@ def test_kill_and_resume_reproduces_the_uninterrupted_losses(tmp_path):
       np.testing.assert_allclose(a[k], b[k], rtol=1e-5, err_msg=f'step {a["step"]} {k}')
   evals = _rows(w / 'metrics' / 'evals.jsonl')
   ref_evals = _rows(tmp_path / 'ref' / 'metrics' / 'evals.jsonl')
-  assert [e['step'] for e in evals] == [12, 24]
+  assert [e['step'] for e in evals] == [6, 12, 18, 24]
   np.testing.assert_allclose([e['val_loss'] for e in evals],
                              [e['val_loss'] for e in ref_evals], rtol=1e-5)
 

@@ -326,6 +326,10 @@ def test_v3_table1_and_inception_resnet_figures():
   assert v3['Mixed_5b'].model['size'] == (35, 35, 192)  # Table 1: 35x35x288
   assert v3['Mixed_6b'].mismatches == ('count',) and v3['Mixed_6b'].model['count'] == 4
   assert v3['Mixed_7b'].status == 'same'
+  # The comparison is of the architecture: other sizes and options change nothing.
+  other = summary('inception_v3', 331, num_classes=5, bn_scale=False)
+  assert other.paper_comparison() == list(v3.values())
+  assert "compared at the paper's input size" in other.paper_text()
   # Inception-ResNet-v2 as in the paper: the figures' 1154 and 2048 are not the
   # concatenation widths 1152 and 2144.
   ir = _by_last_endpoint(summary('inception_resnet_v2_paper').paper_comparison())

@@ -356,12 +356,31 @@ class _Walker:
 # ------------------------------------------------------------------- options
 
 
-_HEAD_OPTIONS = ('num_classes', 'include_top', 'pooling', 'in_channels', 'dtype',
-                 'param_dtype')
+# Options the table walk takes into account, and options that change no count.
+_MODELLED = ('num_classes', 'include_top', 'pooling', 'in_channels', 'aux_logits',
+             'padding', 'batch_norm', 'bn_scale', 'conv_bias', 'dropout_rate')
+_NO_EFFECT = ('dtype', 'param_dtype', 'scan_blocks', 'kernels', 'bn_eps', 'bn_momentum',
+              'count_include_pad')
+
+
+def _check_modelled(spec: specs.ArchSpec, opts: dict, default: dict) -> None:
+  """Refuses an option the walk does not model (rather than miscount silently)."""
+  other = [k for k in opts if k not in _MODELLED + _NO_EFFECT + ('arch',)
+           and opts[k] != default.get(k)]
+  if other:
+    raise ValueError(f'{spec.name}: summary() does not model option(s) '
+                     f'{", ".join(f"{k}={opts[k]!r}" for k in other)}; '
+                     'leave them at their defaults')
 
 
 def _resolve_options(spec: specs.ArchSpec, options: dict) -> dict:
-  """The network options ``Inception(spec, **options)`` would run with."""
+  """The network options ``create_model`` would build ``spec`` with."""
+  config_cls = getattr(model_lib, 'ModelConfig', None)
+  if config_cls is not None:
+    opts = config_cls.for_arch(spec, **options).to_dict()
+    _check_modelled(spec, opts, config_cls.for_arch(spec).to_dict())
+    return opts
+  # Until ModelConfig: the options resolution of Inception.__init__.
   unknown = sorted(set(options) - set(model_lib.OPTIONS))
   if unknown:
     raise ValueError(f'{spec.name}: unknown option(s) {unknown}; valid options are '
@@ -390,6 +409,11 @@ def _resolve_options(spec: specs.ArchSpec, options: dict) -> dict:
 
 def _model_options(model) -> dict:
   """The options of a built ``Inception`` (enough to redo its table walk)."""
+  config = getattr(model, 'config', None)
+  if config is not None:
+    options = config.to_dict()
+    options.pop('arch', None)
+    return options
   options = dict(model.options)
   options.update(num_classes=model.num_classes or 1000, include_top=model.include_top,
                  pooling=model.pooling, in_channels=model.in_channels,
@@ -526,9 +550,19 @@ class Summary:
     return '\n'.join(lines)
 
   def paper_comparison(self) -> list[PaperComparison]:
-    """Every row of the paper's table beside the model's rows (``--paper``)."""
+    """Every row of the paper's table beside the model's rows (``--paper``).
+
+    The comparison is of the architecture: at the paper's input size with the
+    architecture's default options, whatever this summary's size and options.
+    """
     table = self._paper_table()
-    return [_compare(self, table, row) for row in table.rows]
+    base = self._paper_base()
+    return [_compare(base, table, row) for row in table.rows]
+
+  def _paper_base(self) -> 'Summary':
+    default = summary(self.spec)
+    same = (self.input_shape == default.input_shape and self.options == default.options)
+    return self if same else default
 
   def _paper_table(self) -> paper_tables.PaperTable:
     table = paper_tables.paper_table(self.arch)
@@ -541,7 +575,8 @@ class Summary:
   def paper_text(self) -> str:
     """The ``--paper`` view: the paper's rows, the model's values, marks and notes."""
     table = self._paper_table()
-    comps = self.paper_comparison()
+    base = self._paper_base()
+    comps = base.paper_comparison()
     keys = [k for k in ('size', 'patch', 'depth', 'params', 'ops', 'count', 'filters')
             if any(getattr(c.paper, {'params': 'params_k', 'ops': 'ops_m'}.get(k, k))
                    not in (None, '') for c in comps)]
@@ -584,14 +619,17 @@ class Summary:
     for name, why in table.extra:
       if name in covered:
         continue
-      r = self.group(name)
+      r = base.group(name)
       line = ['(not in the table)']
       for k in keys:
         line += ['', _fmt_shape((r[0].input if table.size_is_input else r[-1].shape))
                  if (k == 'size' and r) else '']
       line += [name, f'extra {note("model row without a paper row", why)}']
       lines.append(line)
-    text = [f'{table.title}', f'model: {self.header()}', _render(head, lines)]
+    text = [f'{table.title}', f'model: {base.header()}']
+    if base is not self:
+      text.append('(compared at the paper\'s input size with the default options)')
+    text.append(_render(head, lines))
     text.append('* the model value differs from the printed one')
     text += [f'[{n}] {kind}: {why}' for (kind, why), n in notes.items()]
     return '\n'.join(text)
