@@ -24,17 +24,18 @@ arithmetic order, so the results agree with the references to float rounding
 (tested against torch-fidelity's ``interpolate_bilinear_2d_like_tensorflow1x``,
 ``torch.nn.functional.interpolate`` and PIL).
 
-``FeatureExtractor`` runs resize + network as one jitted program, data-parallel
-over a ``'data'`` mesh axis, at float32 'highest' matmul precision (so GPUs do not
-use TF32 and TPUs not bfloat16 passes), and returns the metric endpoints:
+``FeatureExtractor`` runs the resize (jitted per mode and input shape) and the
+network (jitted once per batch size) on the device, data-parallel over a
+``'data'`` mesh axis, at float32 'highest' matmul precision (so GPUs do not use
+TF32 and TPUs not bfloat16 passes), and returns the metric endpoints:
 
 * ``pool_3``: global average of Mixed_7c, ``[B, 2048]`` (FID, KID).
 * ``logits_unbiased``: ``pool_3 @ W`` without the bias, ``[B, 1008]`` (IS).
 * ``spatial``: the ADM evaluator's sFID feature ``mixed_6/conv:0[..., :7]``,
   flattened in NHWC order, ``[B, 17 * 17 * 7 = 2023]``. ``mixed_6`` is the 7th
   module of the 2015 graph (``mixed``, ``mixed_1`` .. = Mixed_5b, 5c, 5d, 6a,
-  6b, 6c, 6d), and its ``conv`` is the 1x1 branch (the converters of
-  torch-fidelity map ``mixed_6/conv/conv2d_params`` and ``mixed_6/conv/batchnorm``
+  6b, 6c, 6d), and its ``conv`` is the 1x1 branch (torch-fidelity's weight
+  converter maps ``mixed_6/conv/conv2d_params`` and ``mixed_6/conv/batchnorm``
   to ``Mixed_6d.branch1x1``). The op named ``mixed_6/conv`` follows
   ``batchnorm -> CheckNumerics -> control_dependency`` (identities) in that
   graph and is the layer's ReLU, so the tensor is post-BN, post-ReLU. Branch_0
