@@ -38,15 +38,20 @@ def _figure6(name, c7):
   ))
 
 
-def _figure7(name, second_3x1):
-  """8x8 module with the expanded filter bank (Figure 7); 320+768+768+192 = 2048."""
+def _figure7(name, second_3x1, pool='avg'):
+  """8x8 module with the expanded filter bank (Figure 7); 320+768+768+192 = 2048.
+
+  ``pool``: the kind of the pool branch's 3x3 pool ('max' in the 2015 FID graph's
+  last block, see ``INCEPTION_V3_FID``).
+  """
+  pool_name = 'AvgPool_0a_3x3' if pool == 'avg' else 'MaxPool_0a_3x3'
   return Mixed(name, (
       (Conv('Conv2d_0a_1x1', 320, 1),),
       (Conv('Conv2d_0a_1x1', 384, 1),
        Fork((Conv('Conv2d_0b_1x3', 384, (1, 3)), Conv(second_3x1, 384, (3, 1))))),
       (Conv('Conv2d_0a_1x1', 448, 1), Conv('Conv2d_0b_3x3', 384, 3),
        Fork((Conv('Conv2d_0c_1x3', 384, (1, 3)), Conv('Conv2d_0d_3x1', 384, (3, 1))))),
-      (Pool('AvgPool_0a_3x3', 'avg', 3, 1), Conv('Conv2d_0b_1x1', 192, 1)),
+      (Pool(pool_name, pool, 3, 1), Conv('Conv2d_0b_1x1', 192, 1)),
   ))
 
 
@@ -88,4 +93,30 @@ INCEPTION_V3 = register_arch(ArchSpec(
         _figure7('Mixed_7c', 'Conv2d_0c_3x1'),  # 8x8x2048
     ),
     aux_heads=(AuxHead('AuxLogits', 'Mixed_6e', 'slim'),),
+))
+
+
+# The network of the FID references: the graph of TensorFlow's 2015-12-05 Inception
+# release (``classify_image_graph_def.pb``, whose ``pool_3`` defines FID; TTUR, the
+# ADM evaluator) as pytorch-fid and torch-fidelity port it (their ``FIDInception*``
+# blocks). It is the v3 table above with two block differences, written as data:
+#   * every average pool excludes the zero padding from its count (TF 'SAME');
+#     ``count_include_pad=False`` (the network option, default here), which are
+#     the pool branches of Mixed_5b..5d, 6b..6e and 7b;
+#   * Mixed_7c's pool branch is a 3x3/1 SAME *max* pool, as in that graph
+#     (pytorch-fid's ``FIDInceptionE_2`` calls it "likely an error").
+# The released graph classifies into 1008 classes (its ``softmax`` layer); the
+# weight tag sets ``num_classes=1008``. Endpoints used by the metrics
+# (``inception_jax.fid``): ``pool_3`` = global average of Mixed_7c (2048-d); the
+# sFID feature ``mixed_6/conv`` = Mixed_6d's Branch_0 1x1 conv after BN and ReLU,
+# i.e. channels 0..191 of the Mixed_6d endpoint (17x17 at 299 input).
+INCEPTION_V3_FID = register_arch(ArchSpec(
+    name='inception_v3_fid',
+    reference=('inception_v3 table with the 2015-12-05 TF graph block differences '
+               '(pytorch-fid FIDInceptionA/C/E_1/E_2)'),
+    default_size=299,
+    defaults=dict(dropout_rate=0.0, count_include_pad=False),
+    layers=INCEPTION_V3.layers[:-1] + (
+        _figure7('Mixed_7c', 'Conv2d_0c_3x1', pool='max'),  # 8x8x2048
+    ),
 ))

@@ -47,6 +47,9 @@ _KERAS = (('bn_eps', 1e-3), ('bn_scale', False), ('count_include_pad', False),
           ('padding', 'tf'))
 _GOOGLENET = (('bn_eps', 1e-3), ('bn_scale', True), ('count_include_pad', False),
               ('padding', 'symmetric'))
+# The FID Inception port (pytorch-fid): BN with gamma, TF average pools.
+_FID = (('bn_eps', 1e-3), ('bn_scale', True), ('count_include_pad', False),
+        ('padding', 'tf'))
 # facenet-pytorch: BN with gamma (set to 1 when ported from TF), stride-2 layers VALID
 # (so 'tf' == symmetric padding), FaceNet's head: dropout 0.6, 512-d bottleneck.
 _FACENET = (('bn_eps', 1e-3), ('bn_scale', True), ('count_include_pad', False),
@@ -91,9 +94,10 @@ class PretrainedCfg:
     url_notop: upstream file without the classifier (Keras), if any.
     file_hash_notop: its published hash.
     top1: top-1 accuracy (%) on ImageNet-1k val reported by the publisher (or
-      the paper that released the weights); None for non-ImageNet weights.
+      the paper that released the weights); None where none is reported (FID
+      network, FaceNet).
     top5: top-5 accuracy (%), or None.
-    reported: the publisher's figure for non-ImageNet weights (FaceNet: LFW).
+    reported: another figure the publisher gives (FaceNet: LFW accuracy).
     license: licence of the weights.
     origin: provenance in one line.
   """
@@ -223,6 +227,19 @@ _CFGS = (
         top1=80.256, top5=95.252, license='Apache-2.0 (keras-applications)',
         origin='keras.applications.InceptionResNetV2 weights (release v0.7), '
                'converted from TF-slim inception_resnet_v2_2016_08_30'),
+    PretrainedCfg(
+        arch='inception_v3_fid', tag='tf_2015_12_05', source='pytorch_fid',
+        options=_FID,
+        url=('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
+             'pt_inception-2015-12-05-6726825d.pth'),
+        file_name='pt_inception-2015-12-05-6726825d.pth', file_hash='6726825d',
+        num_classes=1008, crop_pct=1.0, interpolation='bilinear',
+        top1=None, top5=None, license='Apache-2.0 (tensorflow/models)',
+        origin='the FID network: TensorFlow inception-2015-12-05 graph '
+               '(classify_image_graph_def.pb) as ported by pytorch-fid; torch-fidelity '
+               'publishes the same weights as weights-inception-2015-12-05-6726825d.pth. '
+               '1008 classes (the graph\'s softmax); input scaling per FID mode '
+               '(inception_jax.fid)'),
 )
 
 

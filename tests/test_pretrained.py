@@ -27,6 +27,7 @@ TAGS = {
     'inception_v3.slim_ens3_adv_in1k', 'inception_v3.slim_ens4_adv_in1k',
     'inception_resnet_v2.slim_adv_in1k', 'inception_resnet_v2.slim_ens_adv_in1k',
     'inception_resnet_v1.vggface2', 'inception_resnet_v1.casia_webface',
+    'inception_v3_fid.tf_2015_12_05',
 }
 MANIFEST = os.path.join(os.path.dirname(__file__), '..', 'third_party_weights',
                         'manifest.json')

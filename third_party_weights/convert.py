@@ -9,12 +9,14 @@ Download (from the manifest URL), verify the published hash, cache and convert::
 
   python -m third_party_weights.convert --tag inception_v3.tv_in1k
 
-Sources: ``torchvision``, ``timm`` and ``facenet`` (facenet-pytorch) state dicts
-(``.pth``/``.pt`` read with ``torch.load(weights_only=True)``, or ``.safetensors``),
-``keras`` legacy ``.h5`` files (``third_party_weights.keras_h5``), ``slim``
-TensorFlow checkpoints of either format, or their published ``.tar.gz``
-(``third_party_weights.slim_ckpt``; ``--keep_background`` keeps TF-slim's 1001st
-class). The torch path never imports tensorflow; the slim path never imports torch.
+Sources: ``torchvision``, ``timm``, ``pytorch_fid``, ``torch_fidelity`` and
+``facenet`` (facenet-pytorch) state dicts (``.pth``/``.pt`` read with
+``torch.load(weights_only=True)``, or ``.safetensors``; pytorch_fid and
+torch_fidelity publish the same FID Inception weights), ``keras`` legacy ``.h5``
+files (``third_party_weights.keras_h5``), ``slim`` TensorFlow checkpoints of either
+format, or their published ``.tar.gz`` (``third_party_weights.slim_ckpt``;
+``--keep_background`` keeps TF-slim's 1001st class). The torch path never imports
+tensorflow; the slim path never imports torch.
 The output is a safetensors file whose metadata holds the tag's config; loading
 it is ``create_model(TAG, pretrained=OUT)``.
 """
@@ -33,9 +35,14 @@ from typing import Any
 
 import numpy as np
 
-SOURCES = ('timm', 'torchvision', 'keras', 'slim', 'facenet')
 MANIFEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'manifest.json')
 FORMAT_VERSION = 1
+# Sources whose files are torch state dicts mapped by ``torch_maps``.
+TORCH_SOURCES = ('timm', 'torchvision', 'pytorch_fid', 'torch_fidelity', 'facenet')
+SOURCES = TORCH_SOURCES + ('keras', 'slim')
+# torch-fidelity publishes pytorch-fid's FID Inception weights under its own name
+# (``weights-inception-2015-12-05-6726825d.pth``, same layout and hash prefix).
+SAME_FILES = {'torch_fidelity': 'pytorch_fid'}
 
 
 class DownloadError(RuntimeError):
@@ -77,7 +84,7 @@ def convert_arrays(source: str, name: str, path: str, *, keep_background: bool =
   if source == 'slim':
     from third_party_weights import slim_ckpt  # pylint: disable=g-import-not-at-top
     return slim_ckpt.convert(path, name, keep_background=keep_background)
-  if source in ('timm', 'torchvision', 'facenet'):
+  if source in TORCH_SOURCES:
     from third_party_weights import torch_maps  # pylint: disable=g-import-not-at-top
     if arch not in torch_maps.MAPS:
       raise ValueError(f'no torch key map for {arch}; torch maps exist for '
@@ -179,7 +186,7 @@ def convert(source: str, name: str, input_path: str, output_path: str, *,
   """
   from inception_jax import pretrained, weights  # pylint: disable=g-import-not-at-top
   cfg = pretrained.get_pretrained_cfg(name)
-  if source != cfg.source:
+  if SAME_FILES.get(source, source) != cfg.source:
     raise ValueError(f'{name} is published by {cfg.source}, not {source}; use '
                      f'--source {cfg.source}')
   digest_of = _digest_file(source, input_path)

@@ -386,6 +386,9 @@ MAPS = {
     'inception_resnet_v2': (INCEPTION_RESNET_V2, []),
     'inception_v1_bn': (INCEPTION_V1_BN, []),
     'inception_resnet_v1': (INCEPTION_RESNET_V1, INCEPTION_RESNET_V1_LOGITS),
+    # pytorch-fid / torch-fidelity FID Inception (2015-12-05 graph): torchvision's
+    # Inception3 module names, no aux head, fc 2048 -> 1008.
+    'inception_v3_fid': (INCEPTION_V3, []),
 }
 
 # Modules present in a source file that are deliberately not converted.

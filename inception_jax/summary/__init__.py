@@ -972,6 +972,7 @@ class FamilyRow:
     min_input: smallest valid square input (TF padding).
     default_size: the paper's input size.
     weights: the available pretrained weights with a reported ImageNet top-1.
+    other_weights: tags of weights without one (another label space or task).
   """
   arch: str
   params: int
@@ -980,6 +981,7 @@ class FamilyRow:
   min_input: int
   default_size: int
   weights: tuple[WeightsPoint, ...]
+  other_weights: tuple[str, ...] = ()
 
 
 def family() -> list[FamilyRow]:
@@ -988,12 +990,13 @@ def family() -> list[FamilyRow]:
   out = []
   for arch in registry.list_models():
     s = summary(arch, aux_logits=False)
-    points = []
+    points, others = [], []
     for name in pretrained.list_pretrained(arch + '.*'):
       cfg = pretrained.get_pretrained_cfg(name)
       top1 = getattr(cfg, 'top1', None)
       if top1 is None or cfg.num_classes != 1000:
-        continue  # not ImageNet-1k weights (no comparable top-1)
+        others.append(name.split('.', 1)[1])  # not ImageNet-1k classification
+        continue
       size = cfg.input_size
       flops = (s.totals.flops if size == s.input_shape[0] else
                summary(arch, size, aux_logits=False).totals.flops)
@@ -1001,7 +1004,7 @@ def family() -> list[FamilyRow]:
     spec = registry.get_arch(arch)
     out.append(FamilyRow(arch, s.totals.params, s.totals.flops / 1e9, s.totals.layers,
                          spec.min_input_size(s.options['padding']), spec.default_size,
-                         tuple(points)))
+                         tuple(points), tuple(others)))
   return out
 
 
@@ -1017,7 +1020,11 @@ def family_text(rows: Sequence[FamilyRow] | None = None) -> str:
       more = f' (+{len(r.weights) - 1} more)' if len(r.weights) > 1 else ''
       top1 = f'{best.top1:.3f} {best.name.split(".", 1)[1]}{more}'
     else:
-      top1 = '- (no weights)'
+      top1 = '-'
+    if r.other_weights:
+      top1 += f' (no top-1: {", ".join(r.other_weights)})'
+    elif not r.weights:
+      top1 += ' (no weights)'
     lines.append([r.arch, f'{r.params / 1e6:.2f}M', f'{r.gflops / 2:.3f}', f'{r.gflops:.2f}',
                   str(r.layers), str(r.min_input), str(r.default_size), top1])
   notes = ('params: 1000 classes, no aux heads; GMACs: multiply-adds (10^9) of the '

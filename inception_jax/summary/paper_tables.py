@@ -214,7 +214,8 @@ _V3_STEM = ('every released checkpoint (TF-slim, Keras, torchvision) has a 1x1 c
             'sees 35x35x192')
 
 
-def _inception_v3() -> PaperTable:
+def _inception_v3(arch: str = 'inception_v3') -> PaperTable:
+  fid = arch == 'inception_v3_fid'
   rows = (
       PaperRow('conv', ('Conv2d_1a_3x3',), '3x3/2', (299, 299, 3)),
       PaperRow('conv', ('Conv2d_2a_3x3',), '3x3/1', (149, 149, 32)),
@@ -232,7 +233,8 @@ def _inception_v3() -> PaperTable:
                count=5, released='4 modules in every released checkpoint (Mixed_6b-6e), '
                'between the grid reductions Mixed_6a and Mixed_7a'),
       PaperRow('2 x Inception (Figure 7)', ('Mixed_7b', 'Mixed_7c'), size=(8, 8, 1280),
-               count=2),
+               count=2, released='the 2015-12-05 TensorFlow graph (the FID network) '
+               "pools with max, not average, in Mixed_7c's pool branch" if fid else ''),
       PaperRow('pool', ('global_pool',), '8x8', (8, 8, 2048)),
       PaperRow('linear', ('Logits',), '', (1, 1, 2048)),
       PaperRow('softmax', (), '', (1, 1, 1000),
@@ -243,8 +245,9 @@ def _inception_v3() -> PaperTable:
   return PaperTable('Inception-v3, arXiv 1512.00567 Table 1 (sizes are row inputs)', rows,
                     size_is_input=True,
                     extra=(('Mixed_6a', reduction), ('Mixed_7a', reduction),
-                           ('dropout', 'Table 1 has no dropout row; TF-slim '
-                            'dropout_keep_prob=0.8')))
+                           ('dropout', 'Table 1 has no dropout row; ' + (
+                               'the FID graph has no dropout' if fid else
+                               'TF-slim dropout_keep_prob=0.8'))))
 
 
 # --------------------------------------- Inception-v4 / Inception-ResNet figures
@@ -379,6 +382,7 @@ def paper_table(arch: str) -> PaperTable | None:
       'inception_v1_bn': lambda: _googlenet('inception_v1_bn'),
       'inception_v2': _bn_inception,
       'inception_v3': _inception_v3,
+      'inception_v3_fid': lambda: _inception_v3('inception_v3_fid'),
       'inception_v4': _inception_v4,
       'inception_resnet_v1': _inception_resnet_v1,
       'inception_resnet_v2': lambda: _inception_resnet_v2('inception_resnet_v2'),
