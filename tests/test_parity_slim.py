@@ -186,21 +186,21 @@ def test_cli_wrong_arch_and_corrupt_files_fail_cleanly(slim, tmp_path, capsys):
   assert rc == 1 and 'TF-slim checkpoints' in err, err
 
 
-@pytest.fixture()
-def server(slim, tmp_path):
+@pytest.fixture(scope='module')
+def server(slim, tmp_path_factory):
   """A local HTTP server on 127.0.0.1 serving tarballs made like the published ones."""
   _, out = slim
-  site = tmp_path / 'site'
-  site.mkdir()
+  site = tmp_path_factory.mktemp('site')
   # 2016 layout: one first-format file at the top of the archive.
-  with tarfile.open(site / 'inception_v1_2016_08_28.tar.gz', 'w:gz') as tar:
+  with tarfile.open(site / 'inception_v1_2016_08_28.tar.gz', 'w:gz', compresslevel=1) as tar:
     tar.add(out / 'inception_v1_bn' / 'v1' / 'inception_v1.ckpt', 'inception_v1.ckpt')
-  # 2017 layout: the second format's files (and a graph file the converter skips).
-  with tarfile.open(site / 'inception_v2_v2format.tar.gz', 'w:gz') as tar:
+  # 2017 layout: the second format's files (and a file the converter skips).
+  with tarfile.open(site / 'inception_v2_v2format.tar.gz', 'w:gz', compresslevel=1) as tar:
     for f in sorted((out / 'inception_v2' / 'v2').iterdir()):
       tar.add(f, f.name)
-    (tmp_path / 'README').write_text('not a checkpoint')
-    tar.add(tmp_path / 'README', 'README')
+    readme = tmp_path_factory.mktemp('readme') / 'README'
+    readme.write_text('not a checkpoint')
+    tar.add(readme, 'README')
   handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
   handler.log_message = lambda *a: None
   httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
