@@ -819,18 +819,21 @@ def _flatten(node: _Node, level: int, endpoint: str, train_only: bool) -> list[R
   return rows
 
 
-def _freeze_marks(freeze: str, layer_names: tuple[str, ...], heads: tuple[str, ...],
-                  arch: str) -> dict[str, bool]:
-  """Top-level name -> updated by the train step, from ``train.param_labels`` itself."""
+def _freeze_marks(freeze: str, tops: Sequence[str], layer_names: tuple[str, ...],
+                  heads: tuple[str, ...], arch: str) -> dict[str, bool]:
+  """Top-level name -> updated by the train step, from ``train.param_labels`` itself.
+
+  ``tops``: every top-level module with parameters (endpoints, heads, and what is
+  neither, such as FaceNet's ``Bottleneck``).
+  """
   if freeze not in ('none', 'backbone') and freeze not in layer_names:
     raise ValueError(f"unknown freeze {freeze!r}: use 'none', 'backbone' or an endpoint "
                      f"of {arch}: {', '.join(layer_names)}")
   # The training module decides (optax is a training dependency, imported here).
   from inception_jax import train  # pylint: disable=g-import-not-at-top
-  names = layer_names + heads
-  labels = train.param_labels({n: 0 for n in names}, train.TrainConfig(freeze=freeze),
+  labels = train.param_labels({n: 0 for n in tops}, train.TrainConfig(freeze=freeze),
                               dict(arch=arch, layer_names=layer_names, heads=heads))
-  return {n: labels[n] != 'frozen' for n in names}
+  return {n: labels[n] != 'frozen' for n in tops}
 
 
 def _sizes(input_size) -> tuple[int, int]:
@@ -848,7 +851,8 @@ def summary(name_or_model: Any, input_size: int | tuple[int, int] | None = None,
     name_or_model: an architecture name (``inception_v3``), a pretrained tag
       (``inception_v3.keras``: its options, e.g. Keras' BN without scale), a
       model from ``create_model`` (its options), or an ``ArchSpec``.
-    input_size: square size or (H, W); default the architecture's.
+    input_size: square size or (H, W); default the architecture's (a tag's: the
+      weights' input size).
     freeze: mark rows as the train step with ``TrainConfig(freeze=...)`` treats
       them: 'none', 'backbone' or an endpoint name.
     depth: display depth of ``str()``: 0 endpoints, 1 + branches, 2 + ops.
@@ -868,6 +872,8 @@ def summary(name_or_model: Any, input_size: int | tuple[int, int] | None = None,
       from inception_jax import pretrained  # pylint: disable=g-import-not-at-top
       cfg = pretrained.get_pretrained_cfg(name_or_model)
       options = {**dict(cfg.options), 'num_classes': cfg.num_classes, **options}
+      if input_size is None:
+        input_size = cfg.input_size  # the weights' resolution (FaceNet: 160)
     tag = tag or None
   elif isinstance(name_or_model, model_lib.Inception):
     spec = registry.get_arch(name_or_model.arch)
@@ -923,7 +929,8 @@ def summary(name_or_model: Any, input_size: int | tuple[int, int] | None = None,
       heads += (head.name,)
   if freeze is not None:
     layer_names = tuple(layer.name for layer in spec.layers)
-    marks = _freeze_marks(freeze, layer_names, heads, spec.name)
+    tops = list(dict.fromkeys(r.endpoint for r in rows if r.level == 0 and r.params))
+    marks = _freeze_marks(freeze, tops, layer_names, heads, spec.name)
     rows = [dataclasses.replace(r, trainable=marks[r.endpoint]) if r.params and
             r.endpoint in marks else r for r in rows]
   return Summary(arch=spec.name, spec=spec, input_shape=(h, w, opts['in_channels']),

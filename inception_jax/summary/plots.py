@@ -280,7 +280,7 @@ def plot_family(rows, path: str) -> None:
   points = [(r.arch, p) for r in rows for p in r.weights]
   if not points:
     raise ValueError('no architecture has pretrained weights with a reported top-1')
-  fig, ax = plt.subplots(figsize=(10, 6.5))
+  fig, ax = plt.subplots(figsize=(10, 7.5))
   cmap = plt.get_cmap('tab10')
   archs = sorted({a for a, _ in points})
   color = {a: cmap(i % 10) for i, a in enumerate(archs)}
@@ -296,7 +296,9 @@ def plot_family(rows, path: str) -> None:
       clusters[-1].append((a, p))
     else:
       clusters.append([(a, p)])
-  gap = 0.32
+  all_y = [p.top1 for _, p in points]
+  gap = 0.028 * max(max(all_y) - min(all_y), 4.0)  # ~13 points at this figure height
+  placed = []
   for group in clusters:
     group.sort(key=lambda ap: ap[1].top1)
     ys = []
@@ -305,13 +307,13 @@ def plot_family(rows, path: str) -> None:
     shift = (sum(ys) - sum(p.top1 for _, p in group)) / len(group)
     x_text = max(p.gflops for _, p in group) + 1.0
     for (a, p), y in zip(group, ys):
+      placed.append(y - shift)
       ax.annotate(f'{p.name} ({p.top1:.2f})', xy=(p.gflops, p.top1),
                   xytext=(x_text, y - shift), fontsize=9, va='center',
                   arrowprops=dict(arrowstyle='-', color='#999999', lw=0.6))
   xs = [p.gflops for _, p in points]
-  ys = [p.top1 for _, p in points]
-  ax.set_xlim(0, max(xs) * 1.45)
-  ax.set_ylim(min(ys) - 1.0, max(ys) + 1.0)
+  ax.set_xlim(0, max(xs) * 1.55)
+  ax.set_ylim(min(all_y + placed) - 2 * gap, max(all_y + placed) + 2 * gap)
   ax.set_xlabel('inference GFLOPs per image (2 x multiply-adds, at the weights\' input size)')
   ax.set_ylabel('reported ImageNet-1k top-1 (%)')
   ax.set_title('Inception family: reported top-1 of the available weights against compute')
