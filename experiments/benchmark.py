@@ -552,11 +552,13 @@ def run_memory(cfg: dict, emit) -> None:
 
 
 def _make_jpegs(folder: str, n: int, size: int) -> None:
-  """Writes ``n`` photo-like random JPEGs (smooth noise, quality 90)."""
+  """Writes ``n`` photo-like random JPEGs (smooth noise, quality 90) in two class folders."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
-  os.makedirs(os.path.join(folder, 'class_a'), exist_ok=True)
+  # Two classes: the fine-tuning pipeline refuses a single-class folder.
+  for name in ('class_a', 'class_b'):
+    os.makedirs(os.path.join(folder, name), exist_ok=True)
   for i in range(n):
     h = size + int(rng.integers(-size // 8, size // 8 + 1))
     w = size + int(rng.integers(-size // 8, size // 8 + 1))
@@ -564,7 +566,7 @@ def _make_jpegs(folder: str, n: int, size: int) -> None:
     img = Image.fromarray(low).resize((w, h), Image.BILINEAR)
     arr = np.asarray(img).astype(np.int16) + rng.integers(-12, 13, (h, w, 3))
     Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(
-        os.path.join(folder, 'class_a', f'{i:05d}.jpg'), quality=90)
+        os.path.join(folder, ('class_a', 'class_b')[i % 2], f'{i:05d}.jpg'), quality=90)
 
 
 def run_pipeline(cfg: dict, emit) -> None:
