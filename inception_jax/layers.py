@@ -2,21 +2,21 @@
 
 Every number-changing detail is carried by ``Numerics`` and set per network, never
 hidden in a default: the padding rule of 'SAME' layers, ``count_include_pad`` of
-average pools, BatchNorm epsilon/momentum/scale, and conv bias.
+average pools, BatchNorm epsilon/momentum/scale, and conv bias. Convolutions and
+pools run XLA's ops or the XLA:CPU-tuned ones of ``kernels.py`` (``Numerics.kernels``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
+from inception_jax import kernels as kernels_lib
 from inception_jax import specs
 
 Array = jax.Array
@@ -48,6 +48,9 @@ class Numerics:
     param_dtype: parameter storage dtype.
     scan_blocks: keep the loop over stacked Inception-ResNet blocks rolled (a
       train step compiles ~2.3x faster, same speed); False unrolls it. See ``Repeat``.
+    kernels: 'xla' (XLA's convolution and reduce-window ops), 'cpu' (the
+      XLA:CPU-tuned kernels) or 'auto' ('cpu' when the default backend is the
+      CPU at trace time); same numbers and derivatives. See ``kernels.py``.
   """
   padding: str = 'tf'
   count_include_pad: bool = False
@@ -59,6 +62,7 @@ class Numerics:
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   scan_blocks: bool = True
+  kernels: str = 'auto'
 
 
 def _pair(v):
@@ -125,83 +129,6 @@ def window_pads(size: int, kernel: int, stride: int, padding: str, style: str,
   return (p, p)
 
 
-def _nhwc_conv(x, kernel, strides, padding):
-  return jax.lax.conv_general_dilated(x, kernel, strides, padding,
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv2d(x: Array, kernel: Array, strides, padding) -> Array:
-  """NHWC x HWIO convolution whose kernel gradient is a conv in the canonical layout.
-
-  XLA:CPU computes a kernel gradient as a convolution over the batch; when it
-  can transpose the operands to the canonical layout first it uses its fast
-  convolution, but inside a while loop (``scan_blocks=True``) it did not and ran
-  a generic one, ~100x slower (Inception-ResNet-v2). Both gradients are written
-  here as convolutions in the canonical layout, so both cases get the fast path.
-  Reverse mode only (``jax.custom_vjp``).
-  """
-  return _nhwc_conv(x, kernel, strides, padding)
-
-
-def _conv2d_fwd(x, kernel, strides, padding):
-  return _nhwc_conv(x, kernel, strides, padding), (x, kernel)
-
-
-def _conv2d_bwd(strides, padding, res, g):
-  x, kernel = res
-  kh, kw = kernel.shape[:2]
-  # dx: g dilated by the stride, convolved with the flipped kernel, I and O swapped
-  # (lax's own transpose rule, with the kernel transposed to HWIO here).
-  pads = []
-  for size, k, s, (lo, _), out in zip(x.shape[1:3], (kh, kw), strides, padding, g.shape[1:3]):
-    before = k - 1 - lo
-    pads.append((before, size + k - 1 - ((out - 1) * s + 1) - before))
-  dx = jax.lax.conv_general_dilated(
-      g, jnp.transpose(jnp.flip(kernel, (0, 1)), (0, 1, 3, 2)), (1, 1), pads,
-      lhs_dilation=strides, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-  # dk[i, j, c, d] = sum_{n, a, b} xp[n, a*s + i, b*s + j, c] g[n, a, b, d]: a conv
-  # with C as batch, N as features, and g as a kernel dilated by the stride.
-  dk = jax.lax.conv_general_dilated(
-      jnp.transpose(xp, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)), (1, 1), 'VALID',
-      rhs_dilation=strides, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  return dx, jnp.transpose(dk[:, :kh, :kw, :], (1, 2, 0, 3))
-
-
-conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
-
-
-def _conv(conv: nnx.Conv, x: Array) -> Array:
-  """``conv(x)`` with the same parameters and numbers, written for XLA:CPU.
-
-  A 1x1 stride-1 convolution is a matmul: for a convolution's kernel gradient
-  XLA:CPU transposes the activations to channels-first, batch-last, which it
-  runs badly at small batch (8 x 17 x 17 x 1088 in Inception-ResNet-v2: ~0.3 s
-  each); the gradient of a dot needs no transpose (IR-v2 train step, batch 8,
-  299x299, float32: 0.84 -> 1.47 img/s, A/B in one process). Other convolutions
-  go through ``conv2d``.
-  """
-  kernel = conv.kernel[...]
-  if conv.feature_group_count != 1:
-    return conv(x)
-  dtype = conv.dtype or jnp.result_type(x, kernel)
-  x, kernel = x.astype(dtype), kernel.astype(dtype)
-  strides = _pair(conv.strides)
-  if kernel.shape[:2] == (1, 1) and strides == (1, 1):
-    y = jnp.einsum('nhwc,cd->nhwd', x, kernel[0, 0], precision=conv.precision)
-  elif conv.kernel_dilation in (None, 1, (1, 1)) and conv.input_dilation in (None, 1, (1, 1)):
-    padding = conv.padding
-    if isinstance(padding, str):
-      padding = jax.lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], strides, padding)
-    y = conv2d(x, kernel, strides, tuple(tuple(p) for p in padding))
-  else:
-    return conv(x)
-  if conv.bias is not None:
-    y = y + conv.bias[...].astype(dtype)
-  return y
-
-
 class ConvBN(nnx.Module):
   """Conv -> BatchNorm -> ReLU, or any part of it, as the spec and Numerics say.
 
@@ -220,6 +147,7 @@ class ConvBN(nnx.Module):
       use_bias = not use_bn
     self.activation = spec.activation
     self.stride = spec.stride
+    self.kernels = num.kernels
     kernel_size = _pair(spec.kernel)
     # 'tf' is XLA's own SAME rule; 'symmetric' pads (k-1)//2 on both sides. Both are
     # static, so the padding goes into the conv (a separate pad op would survive in
@@ -252,7 +180,7 @@ class ConvBN(nnx.Module):
   def __call__(self, x: Array) -> Array:
     if self.depthwise is not None:
       x = self.depthwise(x)
-    x = _conv(self.conv, x)
+    x = kernels_lib.conv(self.conv, x, self.kernels)
     if self.bn is not None:
       x = self.bn(x)
     return jax.nn.relu(x) if self.activation else x
@@ -268,97 +196,15 @@ class Pool(nnx.Module):
     self.padding = spec.padding
     self.style = num.padding
     self.count_include_pad = num.count_include_pad
+    self.kernels = num.kernels
 
   def __call__(self, x: Array) -> Array:
     k, s = self.kernel, self.stride
     pads = tuple(window_pads(n, k, s, self.padding, self.style,
                              ceil_pool=self.kind == 'max') for n in x.shape[1:3])
     if self.kind == 'max':
-      return max_pool(x, k, s, pads)
-    return avg_pool(x, k, s, pads, self.count_include_pad)
-
-
-def _windows(xp: Array, k: int, s: int) -> list[Array]:
-  """``xp[:, i::s, j::s]`` cropped to the output grid, for each window offset (i, j)."""
-  n, h, w, c = xp.shape
-  oh, ow = (h - k) // s + 1, (w - k) // s + 1
-  return [jax.lax.slice(xp, (0, i, j, 0), (n, i + (oh - 1) * s + 1, j + (ow - 1) * s + 1, c),
-                        (1, s, s, 1))
-          for i in range(k) for j in range(k)]
-
-
-def max_pool(x: Array, k: int, s: int, pads) -> Array:
-  """k x k max pooling, stride s, NHWC, ``pads`` = ((top, bottom), (left, right)).
-
-  The values of ``nnx.max_pool``, computed as the maximum of k*k strided slices:
-  XLA:CPU runs that several times faster than reduce-window (inception_v3
-  inference +13%). The gradient is reduce-window's (select-and-scatter), which
-  XLA:CPU runs faster than the transpose of the slices. Reverse mode only.
-  """
-  return _max_pool(x, k, s, tuple(map(tuple, pads)))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _max_pool(x, k, s, pads):
-  xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=-jnp.inf)
-  views = _windows(xp, k, s)
-  out = views[0]
-  for v in views[1:]:
-    out = jnp.maximum(out, v)
-  return out
-
-
-def _max_pool_fwd(x, k, s, pads):
-  return _max_pool(x, k, s, pads), x
-
-
-def _max_pool_bwd(k, s, pads, x, g):
-  return jax.vjp(lambda x: nnx.max_pool(x, (k, k), (s, s), pads), x)[1](g)
-
-
-_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
-
-
-def avg_pool(x: Array, k: int, s: int, pads, count_include_pad: bool) -> Array:
-  """k x k average pooling, stride s, NHWC, zero padding ``pads``.
-
-  The values of ``nnx.avg_pool``: the window sum in the same order, divided by
-  k*k or, with ``count_include_pad=False``, by the number of real pixels in the
-  window (TF 'SAME'; timm/torchvision ``count_include_pad=False``). Strided
-  slices forward and reduce-window's gradient, as in ``max_pool``.
-  """
-  return _avg_pool(x, k, s, tuple(map(tuple, pads)), count_include_pad)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
-def _avg_pool(x, k, s, pads, count_include_pad):
-  xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-  views = _windows(xp, k, s)
-  total = views[0]
-  for v in views[1:]:
-    total = total + v
-  if count_include_pad:
-    return total / jnp.asarray(k * k, x.dtype)
-  # Pixels per window, a trace-time constant of shape (1, OH, OW, 1).
-  ones = np.pad(np.ones(x.shape[1:3], np.float32), pads)
-  oh, ow = (ones.shape[0] - k) // s + 1, (ones.shape[1] - k) // s + 1
-  count = sum(ones[i:i + (oh - 1) * s + 1:s, j:j + (ow - 1) * s + 1:s]
-              for i in range(k) for j in range(k))[None, :, :, None]
-  return total / jnp.asarray(count, x.dtype)
-
-
-def _avg_pool_fwd(x, k, s, pads, count_include_pad):
-  return _avg_pool(x, k, s, pads, count_include_pad), x
-
-
-def _avg_pool_bwd(k, s, pads, count_include_pad, x, g):
-  # nnx.avg_pool divides by a float32 count, so its output is float32 for bfloat16 x.
-  ref = lambda x: nnx.avg_pool(x, (k, k), (s, s), pads,
-                               count_include_pad=count_include_pad).astype(x.dtype)
-  return jax.vjp(ref, x)[1](g)
-
-
-_avg_pool.defvjp(_avg_pool_fwd, _avg_pool_bwd)
+      return kernels_lib.max_pool(x, k, s, pads, self.kernels)
+    return kernels_lib.avg_pool(x, k, s, pads, self.count_include_pad, self.kernels)
 
 
 class LocalResponseNorm(nnx.Module):
@@ -446,7 +292,8 @@ class Repeat(nnx.Module):
   default) the loop stays rolled and the block is compiled once: an
   Inception-ResNet-v2 train step (batch 8, 299x299, 2-core CPU) compiles in 19 s
   instead of 44 s, at the same speed (1.34 vs 1.33 img/s, A/B in one process).
-  That needs ``conv2d``'s gradients: with XLA's own, the rolled step ran 7x slower.
+  On CPU that needs ``kernels.conv2d``'s gradients: with XLA's own, the rolled step
+  ran 7x slower.
   Either way the parameters are the same stacked arrays.
   """
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 from flax import struct
 
+from inception_jax import kernels
 from inception_jax import layers
 from inception_jax import specs
 
@@ -28,6 +29,7 @@ BASE_DEFAULTS = dict(
     conv_bias=None,
     scan_blocks=True,
     embedding_size=None,
+    kernels='auto',  # 'xla' | 'cpu' | 'auto': see inception_jax/kernels.py
 )
 
 OPTIONS = ('num_classes', 'include_top', 'pooling', 'dtype', 'param_dtype',
@@ -87,6 +89,7 @@ class Inception(nnx.Module):
       raise ValueError(f'num_classes must be a positive int, got {num_classes!r}')
     if opts['padding'] not in ('tf', 'symmetric'):
       raise ValueError(f"padding must be 'tf' or 'symmetric', got {opts['padding']!r}")
+    kernels.check(opts['kernels'])
     if not 0.0 <= opts['dropout_rate'] < 1.0:
       raise ValueError(f"dropout_rate must be in [0, 1), got {opts['dropout_rate']}")
     emb = opts['embedding_size']
@@ -114,8 +117,8 @@ class Inception(nnx.Module):
         padding=opts['padding'], count_include_pad=opts['count_include_pad'],
         batch_norm=opts['batch_norm'], bn_eps=opts['bn_eps'],
         bn_momentum=opts['bn_momentum'], bn_scale=opts['bn_scale'],
-        conv_bias=opts['conv_bias'], scan_blocks=opts['scan_blocks'], dtype=dtype,
-        param_dtype=param_dtype)
+        conv_bias=opts['conv_bias'], scan_blocks=opts['scan_blocks'],
+        kernels=opts['kernels'], dtype=dtype, param_dtype=param_dtype)
     self.numerics = num
     self.options = tuple(sorted(opts.items()))  # static (hashable) record
     self.min_input_size = spec.min_input_size(num.padding)
