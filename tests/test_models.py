@@ -122,6 +122,69 @@ def test_small_forward_train_and_eval(name):
   np.testing.assert_array_equal(y4, forward(model, x))
 
 
+@pytest.mark.parametrize('name', ALL)
+def test_forward_and_reverse_mode_go_through(name):
+  """Forward over reverse mode (jax.hessian's) traces through every network, default kernels.
+
+  A Hessian-vector product, ``jvp(grad(f))``, abstractly (``jax.eval_shape``: every
+  derivative rule runs, nothing is computed), over a scaling of every parameter
+  and a step of the input: the forward pass, its linearisation (jvp), the
+  transposed backward pass, and forward mode through both, for every layer.
+  jax.hessian itself (its vmap too) and the numbers are checked on the tiny
+  network (next test) and per kernel in test_layers; jax.grad in the test above.
+  """
+  model = _model(name, num_classes=3)
+  graphdef, state = nnx.split(model)
+  m = model.min_input_size
+  x = jax.ShapeDtypeStruct((1, m, m, 3), jnp.float32)
+
+  def f(a, state, x):
+    s = jax.tree.map(lambda p: p * (1 + a[0]) if p.dtype == jnp.float32 else p, state)
+    return jnp.sum(jnp.tanh(nnx.merge(graphdef, s)(x * (1 + a[1]))))
+
+  def hvp(s, x):
+    return jax.jvp(lambda a: jax.grad(f)(a, s, x), (jnp.zeros(2),), (jnp.ones(2),))
+
+  g, hv = jax.eval_shape(hvp, state, x)
+  assert g.shape == hv.shape == (2,)
+
+
+def test_autodiff_numbers_on_every_kernel_choice():
+  """The tiny network: jax.jvp, jax.jacfwd and jax.hessian on kernels 'xla' and 'cpu'.
+
+  ('auto' traces to the program of 'cpu' here: test_layers.) In eval mode, with
+  respect to (a scaling of every parameter, a step of the input), so the hessian
+  takes tangents of every kernel and of the input. The reference is 'xla': JAX's
+  own derivatives of XLA's ops. (Finite differences of a ReLU network cross kinks;
+  they check the kernels on a smooth function in test_layers.)
+  """
+  import _dist_worker as tiny  # pylint: disable=g-import-not-at-top
+  x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, tiny.TINY_SIZE,
+                                                           tiny.TINY_SIZE, 3)), jnp.float32)
+  v, direction = jnp.sin(3 * x), jnp.array([0.3, -0.7])
+  out = {}
+  for choice in ('xla', 'cpu'):
+    model = tiny.tiny_model(kernels=choice, aux_logits=False)
+    graphdef, state = nnx.split(model)
+
+    def f(a, state=state, graphdef=graphdef):
+      s = jax.tree.map(lambda p: p * (1 + a[0]) if p.dtype == jnp.float32 else p, state)
+      return jnp.sum(jnp.tanh(nnx.merge(graphdef, s)(x + a[1] * v)))
+
+    @jax.jit
+    def derivatives(a, f=f):
+      _, tangent = jax.jvp(f, (a,), (direction,))
+      return tangent, jax.jacfwd(f)(a), jax.hessian(f)(a)
+
+    out[choice] = derivatives(jnp.zeros(2))
+  tangent, jf, h = out['xla']
+  np.testing.assert_allclose(tangent, jf @ direction, rtol=1e-5)
+  assert float(jnp.abs(h).min()) > 0.1  # every second derivative is non-trivial
+  np.testing.assert_allclose(h, h.T, rtol=1e-5)
+  for a, b in zip(out['cpu'], out['xla']):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, float(jnp.abs(b).max())))
+
+
 AUX = [n for n in ALL if ij.get_arch(n).aux_heads]
 
 
