@@ -43,8 +43,8 @@ def _images(batch: int, size: int):
 
 
 def worker_ours(a) -> dict:
-  from experiments import xla_flags  # pylint: disable=g-import-not-at-top
-  xla_flags.apply()
+  import inception_jax  # pylint: disable=g-import-not-at-top
+  inception_jax.configure_xla()  # its XLA:CPU flags, before JAX computes
   import jax  # pylint: disable=g-import-not-at-top
   from experiments import benchmark  # pylint: disable=g-import-not-at-top
   from inception_jax import fid  # pylint: disable=g-import-not-at-top

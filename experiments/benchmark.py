@@ -47,8 +47,6 @@ import tempfile
 import time
 import traceback
 
-from experiments import xla_flags
-
 # Dense bf16 tensor peaks (FLOP/s) and fp32-input peaks (TF32 on tensor cores,
 # which is what JAX and cuDNN use for "float32" convs by default), from NVIDIA's
 # data sheets as collected in performance.md section 2.
@@ -706,7 +704,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--train_step', choices=('auto', 'library', 'local'), default='auto',
                  help='inception_jax.train when present (auto) or the local SGD step')
   p.add_argument('--xla_defaults', action=argparse.BooleanOptionalAction, default=True,
-                 help="our workers run with experiments/xla_flags.py's XLA:CPU flags")
+                 help="our workers run with inception_jax's XLA:CPU flags "
+                      '(inception_jax.xla_flags); --no-xla_defaults opts them out')
   p.add_argument('--keras_xla_defaults', action='store_true',
                  help='give the Keras worker the same XLA flags (default: plain XLA)')
   p.add_argument('--remat', choices=('none', 'dots', 'full'), default='none',
@@ -730,8 +729,15 @@ def main(argv=None) -> dict:
   env_jax = {'XLA_PYTHON_CLIENT_PREALLOCATE': 'false', 'TF_CPP_MIN_LOG_LEVEL': '2'}
   plat = _probe_platform(env_jax)
   flags_plain = os.environ.get('XLA_FLAGS', '')
-  flags_tuned = xla_flags.apply(dict(os.environ)) if a.xla_defaults else flags_plain
-  env_ours = dict(env_jax, XLA_FLAGS=flags_tuned)
+  # Imported here: the workers import this module without JAX. (Importing the
+  # package also adds the flags to this process's XLA_FLAGS, read above.)
+  from inception_jax import xla_flags  # pylint: disable=g-import-not-at-top
+  if a.xla_defaults:
+    flags_tuned = xla_flags.apply(dict(os.environ, XLA_FLAGS=flags_plain))
+    env_ours = dict(env_jax, XLA_FLAGS=flags_tuned)
+  else:  # importing inception_jax must not add them either
+    flags_tuned = flags_plain
+    env_ours = dict(env_jax, XLA_FLAGS=flags_plain, **{xla_flags.OPT_OUT: '0'})
   env_keras = dict(env_jax, KERAS_BACKEND='jax',
                    XLA_FLAGS=flags_tuned if a.keras_xla_defaults else flags_plain)
   registered = _registered_archs()
@@ -884,7 +890,7 @@ def render_markdown(report: dict) -> str:
       f"Peak used on CPU: {peak['formula']}. On GPU: the card's dense bf16 (bfloat16 "
       'rows) or TF32 (float32 rows) tensor peak.',
       f"XLA_FLAGS: ours `{meta.get('xla_flags_ours') or '(none)'}` "
-      '(experiments/xla_flags.py), '
+      '(inception_jax.xla_flags), '
       f"Keras `{meta.get('xla_flags_keras') or '(none)'}`.", '',
       '## Throughput', '',
       '| arch | framework | dtype | batch | size | infer img/s | train img/s | '

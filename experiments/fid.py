@@ -38,12 +38,8 @@ import time
 import zipfile
 from typing import Any, Iterator
 
-from experiments import xla_flags  # pylint: disable=g-bad-import-order
-
-xla_flags.apply()  # before JAX starts its CPU client
-
-import numpy as np  # pylint: disable=g-import-not-at-top,g-bad-import-order
-from PIL import Image  # pylint: disable=g-import-not-at-top
+import numpy as np
+from PIL import Image
 
 IMAGE_EXTENSIONS = ('bmp', 'jpg', 'jpeg', 'pgm', 'png', 'ppm', 'tif', 'tiff', 'webp')
 METRICS = ('fid', 'sfid', 'is', 'kid')
@@ -392,6 +388,8 @@ def run(args) -> dict[str, Any]:
   sets = {}
   extractor = weights_id = None
   if any(kind != 'stats' for kind, _ in plans):
+    import inception_jax  # pylint: disable=g-import-not-at-top
+    inception_jax.configure_xla()  # its XLA:CPU flags, before JAX computes
     import jax  # pylint: disable=g-import-not-at-top
     from inception_jax import fid, weights as weights_lib  # pylint: disable=g-import-not-at-top
     try:

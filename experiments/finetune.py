@@ -43,9 +43,9 @@ from absl import logging
 
 _T_PROCESS = time.time()  # wall time counts imports and compilation too
 
-from experiments import xla_flags  # pylint: disable=g-bad-import-order
+import inception_jax  # pylint: disable=g-bad-import-order
 
-xla_flags.apply()  # before JAX starts its CPU client
+inception_jax.configure_xla()  # its XLA:CPU flags, before JAX starts (the import sets them too)
 
 # JAX before TensorFlow: importing TF first can break JAX's CPU client. TensorFlow
 # (experiments.data, outputs' TensorBoard writer) is imported only once the flags
@@ -54,7 +54,6 @@ import jax  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import numpy as np
 from flax import nnx
 
-import inception_jax
 from inception_jax import preprocessing as prep_lib
 from inception_jax import train as train_lib
 

@@ -1,8 +1,21 @@
-"""experiments.xla_flags: adds its XLA:CPU flags, keeps the user's, can be turned off."""
+"""inception_jax.xla_flags: the XLA:CPU flags a plain ``import inception_jax`` sets.
 
-from experiments import xla_flags
+The import-time behaviour is tested in fresh subprocesses (flags are per process):
+the flag is in XLA_FLAGS after ``import inception_jax`` and XLA compiles with it
+(no YNNPACK fusion in the compiled program, where the opt-out has one), a value
+the user set is kept, ``INCEPTION_JAX_XLA_DEFAULTS=0`` sets nothing, and the log
+line appears once.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+from inception_jax import xla_flags
 
 FLAG = 'xla_cpu_experimental_ynn_fusion_type'
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_adds_flags_to_existing_xla_flags():
@@ -25,5 +38,64 @@ def test_opt_out():
 
 
 def test_flags_reach_this_test_process():
-  import os  # pylint: disable=g-import-not-at-top
   assert f'--{FLAG}=reduce' in os.environ['XLA_FLAGS'].split()
+
+
+# A library user's script: logging on, JAX imported first, then inception_jax.
+_SCRIPT = r'''
+import importlib, json, logging, os, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format='LOG %(name)s %(levelname)s %(message)s')
+import jax, jax.numpy as jnp
+if sys.argv[1] == 'compute_first':
+  jnp.ones(2).block_until_ready()
+import inception_jax
+again = inception_jax.configure_xla()
+importlib.reload(inception_jax)  # a second import: nothing more is logged
+f = jax.jit(lambda a, b: jnp.tanh(a @ b) * 2 + 1)
+hlo = f.lower(jnp.ones((64, 64)), jnp.ones((64, 64))).compile().as_text()
+print(json.dumps({'XLA_FLAGS': os.environ.get('XLA_FLAGS'), 'configure_xla': again,
+                  'ynn_fusion': 'ynn_fusion' in hlo}))
+'''
+
+
+def _user_script(mode='import_first', **env):
+  base = {k: v for k, v in os.environ.items()
+          if k not in ('XLA_FLAGS', xla_flags.OPT_OUT)}
+  base['PYTHONPATH'] = ROOT + os.pathsep + base.get('PYTHONPATH', '')
+  r = subprocess.run([sys.executable, '-c', _SCRIPT, mode], env={**base, **env}, cwd=ROOT,
+                     capture_output=True, text=True, timeout=300, check=False)
+  assert r.returncode == 0, r.stderr[-3000:]
+  logs = [line for line in r.stderr.splitlines() if line.startswith('LOG inception_jax')]
+  return json.loads(r.stdout.strip().splitlines()[-1]), logs
+
+
+def test_import_sets_the_flag_and_logs_once():
+  out, logs = _user_script()
+  assert out['XLA_FLAGS'] == f'--{FLAG}=reduce'
+  assert out['configure_xla'] is True
+  assert not out['ynn_fusion']  # XLA read the flag: no YNNPACK elementwise/dot fusion
+  assert len(logs) == 1, logs
+  assert logs[0].startswith('LOG inception_jax INFO')
+  assert f'--{FLAG}=reduce' in logs[0] and 'INCEPTION_JAX_XLA_DEFAULTS=0' in logs[0]
+
+
+def test_opt_out_sets_nothing():
+  out, logs = _user_script(INCEPTION_JAX_XLA_DEFAULTS='0')
+  assert out['XLA_FLAGS'] is None and out['configure_xla'] is False
+  assert out['ynn_fusion']  # XLA's default: the program the flag changes
+  assert not logs
+
+
+def test_a_value_the_user_set_is_kept():
+  user = f'--xla_force_host_platform_device_count=2 --{FLAG}=reduce,eltwise'
+  out, logs = _user_script(XLA_FLAGS=user)
+  assert out['XLA_FLAGS'] == user and out['configure_xla'] is True
+  assert not logs
+
+
+def test_too_late_changes_nothing_and_says_how_once():
+  out, logs = _user_script('compute_first')
+  assert out['XLA_FLAGS'] is None and out['configure_xla'] is False
+  assert out['ynn_fusion']
+  assert len(logs) == 1 and logs[0].startswith('LOG inception_jax WARNING'), logs
+  assert 'inception_jax.configure_xla()' in logs[0] and 'before the first JAX' in logs[0]
