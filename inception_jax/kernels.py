@@ -31,8 +31,8 @@ A model's ``kernels`` option (``create_model(..., kernels=...)``,
   On a machine with an accelerator, a model run on the CPU anyway (e.g. under
   ``jax.default_device``) keeps XLA's ops unless built with ``kernels='cpu'``.
 
-Both choices compute the same values (the 1x1 matmul and the slices add in
-another order: float rounding apart) and the same derivatives, and both work with
+Both choices compute the same values (float rounding apart: the 1x1 matmul may
+sum in another order) and the same derivatives, and both work with
 every JAX transformation: ``jax.grad``/``vjp``/``jacrev``, ``jax.jvp``/``jacfwd``,
 ``jax.hessian``, ``vmap``, ``jit``. The CPU kernels are ``jax.custom_jvp``
 functions: the primal is the tuned computation and the tangent is a linear map

@@ -7,7 +7,8 @@ the CLI, and records each reference's features, resizes and FID / KID / IS on tw
 small image folders through their own entry points. Here (no torch) the converted
 weights run in JAX: the features through ``inception_jax.fid`` and the metrics
 through ``python -m experiments.fid`` (in-process, data-parallel over the 8 test
-devices). The measured differences are printed (the README's parity table).
+devices); the features also on each explicit kernel choice (``kernels='xla'``,
+``'cpu'``). The measured differences are printed (the README's parity table).
 """
 
 import json
@@ -132,6 +133,19 @@ def test_features_match_pytorch_fid_and_torch_fidelity(work, ours):
   bias = weights.load(str(work[0] / 'pf.safetensors'))[0]['Logits/bias']
   assert _maxdiff(ours['tf']['logits_unbiased'] + bias, ref['torch_fidelity/logits']) \
       <= FEATURE_TOL
+
+
+@pytest.mark.parametrize('kernels', ['xla', 'cpu'])
+def test_features_match_on_each_kernel_choice(work, kernels):
+  """pool_3 (pytorch-fid's mode) and logits_unbiased (TF mode) on kernels='xla' / 'cpu'."""
+  model = fid.create_fid_model(str(work[0] / 'pf.safetensors'), kernels=kernels)
+  batch = np.load(work[0] / 'batch.npz')['batch']
+  ref = work[2]
+  for mode, key, want in (('pytorch_fid', 'pool_3', ref['pytorch_fid/pool_3']),
+                          ('tf', 'logits_unbiased', ref['torch_fidelity/logits_unbiased'])):
+    got = fid.FeatureExtractor(model, mode, batch_size=8)(batch)[key]
+    print(f'kernels={kernels} {mode} {key}: max |diff| {_maxdiff(got, want):.2e}')
+    assert _maxdiff(got, want) <= FEATURE_TOL, (kernels, mode, key)
 
 
 def test_sfid_feature_is_mixed_6d_branch_0_after_relu(work, ours):

@@ -6,7 +6,8 @@ files in the Keras 3 legacy layout and in the published Keras 2 layout, with and
 without the classifier, and records Keras' logits and pooled features on a random
 batch. Here each file goes through ``third_party_weights.keras_h5.convert`` into our
 network built with Keras' numerics (no BN gamma, average pools without padding, TF
-padding) and must give Keras' outputs (max abs diff <= 1e-4, same top-1).
+padding) and must give Keras' outputs (max abs diff <= 1e-4, same top-1), on the
+default kernels and on each explicit choice (``kernels='xla'``, ``'cpu'``).
 """
 
 import json
@@ -63,20 +64,21 @@ def _ref(keras_dir, arch):
 _MODELS = {}
 
 
-def _model(arch, include_top):
-  """Our network with Keras' numerics, built once per (arch, include_top).
+def _model(arch, include_top, kernels='auto'):
+  """Our network with Keras' numerics, built once per (arch, include_top, kernels).
 
   Every weight is overwritten by a strict ``assign``, so the network is traced
   abstractly and filled with zeros instead of running the random initialisers
   (minutes of CPU for these sizes).
   """
-  if (arch, include_top) not in _MODELS:
+  key = arch, include_top, kernels
+  if key not in _MODELS:
     abstract = nnx.eval_shape(lambda: inception_jax.create_model(
-        arch, include_top=include_top, pooling='avg', **KERAS_OPTIONS))
+        arch, include_top=include_top, pooling='avg', kernels=kernels, **KERAS_OPTIONS))
     graphdef, state = nnx.split(abstract)
-    _MODELS[arch, include_top] = nnx.merge(
-        graphdef, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), state))
-  return _MODELS[arch, include_top]
+    _MODELS[key] = nnx.merge(graphdef, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                                    state))
+  return _MODELS[key]
 
 
 @nnx.jit
@@ -127,6 +129,21 @@ def test_outputs_match_keras(keras_dir, arch, include_top, layout):
   assert got.shape == want.shape
   assert diff <= TOL
   np.testing.assert_array_equal(got.argmax(-1), want.argmax(-1))
+
+
+@pytest.mark.parametrize('arch', ARCHS)
+@pytest.mark.parametrize('kernels', ['xla', 'cpu'])
+def test_logits_match_keras_on_each_kernel_choice(keras_dir, arch, kernels):
+  """The published-layout file's logits on kernels='xla' and 'cpu', same tolerance."""
+  arrays = keras_h5.convert(str(keras_dir / arch / 'k2_top.h5'), f'{arch}.keras')
+  model = _model(arch, True, kernels)
+  weights_lib.assign(model, arrays, source='k2_top.h5')
+  ref = _ref(keras_dir, arch)
+  got = np.asarray(_forward(model, jnp.asarray(ref['x'])))
+  diff = float(np.abs(got - ref['logits']).max())
+  print(f'\n[keras parity] {arch} kernels={kernels}: max |diff| {diff:.3g}')
+  assert diff <= TOL
+  np.testing.assert_array_equal(got.argmax(-1), ref['logits'].argmax(-1))
 
 
 @pytest.mark.parametrize('arch', ARCHS)

@@ -67,8 +67,10 @@ def slim(tmp_path_factory):
     record = json.load(f)
   for arch in ARCHS:
     rec = record[arch]
+    per_kernels = {k: f"{v['logits_max_abs_diff']:.2e}" for k, v in rec['kernels'].items()}
     print(f"{arch:22s} logits {rec['logits_max_abs_diff']:.2e} / {rec['logits_scale']:.2f}"
-          f"  pooled {rec['pooled_max_abs_diff']:.2e}  aux {rec.get('aux_max_abs_diff')}")
+          f"  pooled {rec['pooled_max_abs_diff']:.2e}  aux {rec.get('aux_max_abs_diff')}"
+          f"  logits per kernels {per_kernels}")
   return record, out
 
 
@@ -82,6 +84,11 @@ def test_logits_and_pooled_features_match_tf_slim(slim, arch):
   assert rec['pooled_max_abs_diff'] <= TOL * max(scale, rec['pooled_scale']), rec
   # The background class was kept: 1001 outputs, ImageNet class i at i + 1.
   assert (rec['model_num_classes'], rec['model_label_offset']) == (1001, 1)
+  # The same logits on each explicit kernel choice.
+  assert sorted(rec['kernels']) == ['cpu', 'xla'], rec
+  for choice, r in rec['kernels'].items():
+    assert r['logits_max_abs_diff'] <= TOL * scale, (choice, rec)
+    assert r['top1_ours'] == rec['top1_ref'], (choice, rec)
 
 
 @pytest.mark.parametrize('arch', ['inception_v3', 'inception_v4', 'inception_resnet_v2'])

@@ -7,8 +7,10 @@ tag the worker builds the reference with random weights and randomised BN
 statistics and affine parameters, saves it in the published format, converts it
 with the CLI, loads it with ``create_model(TAG, pretrained=...)`` and compares
 logits, pooled features and aux logits on the same batch (FaceNet: logits,
-embeddings and the distances between them). The measured differences are written
-to ``parity.json`` in the test's temporary directory (and printed).
+embeddings and the distances between them); the logits also on each explicit
+kernel choice, ``kernels='xla'`` and ``'cpu'``, against the same reference run. The
+measured differences are written to ``parity.json`` in the test's temporary
+directory (and printed).
 """
 
 import functools
@@ -57,9 +59,10 @@ def parity(tmp_path_factory):
   print('parity results:', d / 'parity.json')
   for tag in TORCH_TAGS + FACENET_TAGS:
     rec = results.get(tag, {})
+    per_kernels = {k: v['logits_max_abs_diff'] for k, v in rec.get('kernels', {}).items()}
     print(f"{tag:40s} logits {rec.get('logits_max_abs_diff')} pooled "
           f"{rec.get('pooled_max_abs_diff')} aux {rec.get('aux_max_abs_diff')} "
-          f"embedding {rec.get('embedding_max_abs_diff')}")
+          f"embedding {rec.get('embedding_max_abs_diff')} logits per kernels {per_kernels}")
   return results, d
 
 
@@ -74,6 +77,15 @@ def test_logits_features_and_aux_match_reference(parity, tag):
   assert rec['logits_max_abs'] > 1.0, rec
   if tag == 'inception_v3.tv_in1k':  # the only torch source with trained aux heads
     assert rec['aux_max_abs_diff'] <= TOL, rec
+  _check_kernels(rec, TOL)
+
+
+def _check_kernels(rec, tol):
+  """The logits on kernels='xla' and 'cpu' meet the same tolerance and top-1."""
+  assert sorted(rec['kernels']) == ['cpu', 'xla'], rec
+  for choice, r in rec['kernels'].items():
+    assert r['logits_max_abs_diff'] <= tol, (choice, rec)
+    assert r['top1_ours'] == rec['top1_ref'], (choice, rec)
 
 
 @pytest.mark.parametrize('tag', FACENET_TAGS)
@@ -86,6 +98,7 @@ def test_facenet_logits_embeddings_and_distances(parity, tag):
   assert rec['logits_max_abs'] > 1.0, rec
   assert rec['logits_max_abs_diff'] <= TOL * rec['logits_max_abs'], rec
   assert rec['top1_ours'] == rec['top1_ref'], rec
+  _check_kernels(rec, TOL * rec['logits_max_abs'])
   # Unit vectors: embed() on the classifier model, and the include_top=False model.
   assert rec['embedding_max_abs_diff'] <= TOL, rec
   assert rec['embedding_notop_max_abs_diff'] <= TOL, rec

@@ -44,7 +44,8 @@ def test_flags_reach_this_test_process():
 # A library user's script: logging on, JAX imported first, then inception_jax.
 _SCRIPT = r'''
 import importlib, json, logging, os, sys
-logging.basicConfig(level=logging.INFO, stream=sys.stderr, format='LOG %(name)s %(levelname)s %(message)s')
+logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                    format='LOG %(name)s %(levelname)s %(message)s')
 import jax, jax.numpy as jnp
 if sys.argv[1] == 'compute_first':
   jnp.ones(2).block_until_ready()
