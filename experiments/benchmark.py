@@ -1,8 +1,8 @@
 """Throughput, compile time, memory and MFU of inception_jax against timm and Keras.
 
 Run ``python -m experiments.benchmark`` (flags: ``--help``). Every framework runs in
-its own subprocess (torch and tensorflow/keras must never share a process, see
-environment.md), and the report goes to ``--results_dir`` as ``benchmark.md`` and
+its own subprocess (torch and tensorflow/keras must never share a process: importing
+TensorFlow and then triton segfaults), and the report goes to ``--results_dir`` as ``benchmark.md`` and
 ``benchmark.json``:
 
 * inference and train-step (forward, backward, SGD-momentum update) images/s per
@@ -51,7 +51,7 @@ from experiments import xla_flags
 
 # Dense bf16 tensor peaks (FLOP/s) and fp32-input peaks (TF32 on tensor cores,
 # which is what JAX and cuDNN use for "float32" convs by default), from NVIDIA's
-# data sheets as collected in performance.md section 2.
+# data sheets (H100/H200 SXM and H100 PCIe, A100 product briefs).
 GPU_PEAKS = (
     # (substring of device name, bf16 peak, tf32 peak)
     ('H200', 989.4e12, 494.7e12),

@@ -37,8 +37,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 INCEPTION_MEAN = (0.5, 0.5, 0.5)  # x / 127.5 - 1: TF-slim, Keras 'tf' mode
 INCEPTION_STD = (0.5, 0.5, 0.5)
 
-# Options that make a port exact, per source library (architectures.md sections 0.2,
-# 0.3): TF-slim / Keras checkpoints have no BN scale; torch ports carry gamma.
+# Options that make a port exact, per source library (each library's Inception
+# source): TF-slim / Keras checkpoints have no BN scale; torch ports carry gamma.
 _TORCH_V3 = (('bn_eps', 1e-3), ('bn_scale', True), ('count_include_pad', True),
              ('padding', 'tf'))  # every strided op is VALID: tf == symmetric here
 _TIMM_TF = (('bn_eps', 1e-3), ('bn_scale', True), ('count_include_pad', False),

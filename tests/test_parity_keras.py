@@ -33,7 +33,7 @@ WORKER = Path(__file__).with_name('keras_parity_worker.py')
 SIZES = {'inception_v3': 299, 'inception_resnet_v2': 235}
 ARCHS = tuple(SIZES)
 KERAS_OPTIONS = dict(bn_scale=False, count_include_pad=False, padding='tf')
-# architectures.md 7.2, measured with Keras 3.15.1: total incl. BN moving statistics
+# keras.applications count_params() with Keras 3.15.1: total incl. BN moving statistics
 KERAS_PARAMS = {('inception_v3', True): 23_851_784, ('inception_v3', False): 21_802_784,
                 ('inception_resnet_v2', True): 55_873_736,
                 ('inception_resnet_v2', False): 54_336_736}
