@@ -258,6 +258,10 @@ def write_report(out_dir: str, *, title: str, facts: dict[str, Any],
 
   lines = [f'# {title}', '', '| | |', '|---|---|']
   lines += [f'| {k_} | {v} |' for k_, v in facts.items()]
+  bad = int((~np.isfinite(np.asarray(log_probs))).any(1).sum())
+  if bad:
+    lines.append(f'| WARNING | the model gave non-finite outputs (NaN/inf) for {bad} images: '
+                 'its weights are broken (a diverged run?) |')
   lines += [f'| images | {metrics["count"]} |',
             f'| top-1 | {100 * metrics["top1"]:.2f}% |',
             f'| top-5 | {100 * metrics["top5"]:.2f}%'
