@@ -206,6 +206,14 @@ def test_ensemble_average_and_greedy_selection_by_hand():
     ev.average_log_probs(lps, [1, -1, 0])
 
 
+def test_tta_names():
+  assert ev.parse_tta('flip,crop5') == ('flip', 'multicrop') == data_lib.TTA_MODES
+  assert ev.parse_tta('') == () and ev.parse_tta('crop5') == ('multicrop',)
+  assert data_lib.num_views(ev.parse_tta('crop5,flip')) == 10
+  with pytest.raises(ev.UserError, match='unknown view'):
+    ev.parse_tta('flip,rotate')
+
+
 def test_confusion_plot_scales_from_2_to_100_classes_with_hangul(tmp_path):
   sizes = {}
   for k in (2, 100):
@@ -484,3 +492,70 @@ def test_extract_features_equals_pooled_features_by_hand(env, tmp_path):
   with pytest.raises(ev.UserError, match='--overwrite'):
     extract_features.run(['extract_features', f'--run={run_a}', '--dataset=test',
                           f'--output={out}'])
+
+
+# --------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_finetune_then_evaluate_predict_and_compare(tmp_path, monkeypatch):
+  """A run trained by finetune: evaluate records its test metrics where compare reads
+  them; the latest checkpoint (the same step) gives the inference file's numbers."""
+  from experiments import compare
+  from test_runs import train
+  monkeypatch.chdir(tmp_path)
+  data = make_folder(tmp_path / 'data')
+  workdir = tmp_path / 'runs' / 'tiny'
+  train(workdir, dataset=f'folder:{data}', batch_size=16, steps=2,
+        cache_dir=str(tmp_path / 'cache'))
+  best = evaluate.run(['evaluate', f'--run={workdir}'])
+  assert best['recorded'] and best['count'] == 12
+  (run,) = compare.find_runs([str(workdir)])
+  assert run.test['top1'] == best['top1'] and run.test['count'] == 12
+  latest = evaluate.run(['evaluate', f'--run={workdir}', '--checkpoint=latest'])
+  assert latest['out_dir'].endswith('test-latest') and not latest['recorded']
+  np.testing.assert_allclose(latest['log_probs'], best['log_probs'], atol=1e-6)
+  res = predict.run(['predict', f'--run={workdir}', str(data / 'test')])
+  np.testing.assert_allclose(res['log_probs'], best['log_probs'], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_evaluate_ported_weights_on_a_folder_of_some_imagenet_classes(tmp_path,
+                                                                       monkeypatch):
+  """--weights=TAG: the tag's own preprocessing, ImageNet names; the folder holds two
+  of the 1000 classes, so the report shows those rows and an (other) column."""
+  from inception_jax import weights
+  monkeypatch.setenv('INCEPTION_JAX_CACHE', str(tmp_path / 'cache'))
+  monkeypatch.chdir(tmp_path)
+  cfg = ij.get_pretrained_cfg('inception_v3.tf_in1k')
+  abstract = nnx.eval_shape(lambda: ij.create_model('inception_v3', **dict(cfg.options)))
+  rng = np.random.default_rng(0)
+  arrays = {k: (np.abs(a) + 0.5 if k.endswith('/var') else a) for k, a in (
+      (k, rng.normal(0, 0.05, v.shape).astype(np.float32))
+      for k, v in weights.flat_state(abstract).items())}
+  (tmp_path / 'cache').mkdir()
+  weights.save(str(tmp_path / 'cache' / cfg.converted_file), arrays,
+               {**cfg.to_dict(), 'include_top': True})
+  names = prep_lib.imagenet_classes()
+  for c in names[:2]:
+    (tmp_path / 'few' / c).mkdir(parents=True)
+    for i in range(2):
+      Image.new('RGB', (50, 40), (30 * i, 120, 200)).save(tmp_path / 'few' / c / f'{i}.png')
+  res = evaluate.run(['evaluate', '--weights=inception_v3.tf_in1k',
+                      f'--dataset=folder:{tmp_path / "few"}', '--batch_size=8'])
+  assert res['count'] == 4 and res['out_dir'].endswith(
+      os.path.join('evals', 'inception_v3.tf_in1k-few'))
+  summary = open(os.path.join(res['out_dir'], 'summary.md')).read()
+  assert '299x299 (center, crop_pct 0.875, bicubic)' in summary  # the tag's transform
+  assert f'| {names[0]} | 2 |' in summary and f'| {names[2]} |' not in summary
+  with open(os.path.join(res['out_dir'], 'confusion_matrix.csv')) as f:
+    table = list(csv.reader(f))
+  assert table[0][1:3] == list(names[:2]) and len(table) == 3
+  assert sum(int(v) for row in table[1:] for v in row[1:]) == 4
+  with open(os.path.join(res['out_dir'], 'predictions.csv')) as f:
+    assert all(r['predicted'] in names for r in csv.DictReader(f))
+  with pytest.raises(ev.UserError, match=r"does not know: \['not_a_class'\]"):
+    (tmp_path / 'few' / 'not_a_class').mkdir()
+    Image.new('RGB', (50, 40)).save(tmp_path / 'few' / 'not_a_class' / 'x.png')
+    evaluate.run(['evaluate', '--weights=inception_v3.tf_in1k',
+                  f'--dataset=folder:{tmp_path / "few"}'])
