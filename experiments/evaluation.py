@@ -541,17 +541,15 @@ def load_split(choice: DataChoice, class_names: Sequence[str] | None, *,
       if split is None:
         raise UserError(f'{f["dataset"]} has no {choice.own} split now; give '
                         '--dataset=folder:PATH')
-    then = int(rec.get(f'{choice.own}_images') or 0)
-    if split.num_examples != then:
-      notes.append(f'the {choice.own} split has {split.num_examples} readable images now, '
-                   f'{then} when the run was trained (files added or removed since)')
-      logging.warning('%s', notes[-1])
+    _check_count(choice, split, notes)
     return Loaded(split, names, notes)
   if choice.root is not None:
     names = list(class_names) if class_names is not None else list(choice.folder_classes)
     split = data_lib.load_class_folder(choice.root, names, '--dataset',
                                        cache_dir=choice.cache_dir, reference='the model',
                                        subset_ok=subset_ok)
+    if choice.own is not None and choice.run is not None:
+      _check_count(choice, split, notes)
     return Loaded(split, names, notes)
   ds = data_lib.load_dataset(choice.spec, validation_split=0.2 if choice.spec == 'digits'
                              else 0.0)
@@ -567,6 +565,15 @@ def load_split(choice: DataChoice, class_names: Sequence[str] | None, *,
       split = dataclasses.replace(split, labels=remap[split.labels])
   return Loaded(split, list(class_names) if class_names is not None else
                 list(ds.class_names), notes)
+
+
+def _check_count(choice: DataChoice, split, notes: list[str]) -> None:
+  """Notes a run's own split that no longer holds the images the run had."""
+  then = int(choice.run.record.get(f'{choice.own}_images') or 0)
+  if split.num_examples != then:
+    notes.append(f'the {choice.own} split has {split.num_examples} readable images now, '
+                 f'{then} when the run was trained (files added or removed since)')
+    logging.warning('%s', notes[-1])
 
 
 def image_loader(split) -> Callable[[int], np.ndarray | None]:

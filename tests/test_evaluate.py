@@ -58,7 +58,7 @@ exec(WIDE_ARCH)  # pylint: disable=exec-used
 
 
 def write_run(run_dir, data, *, seed=0, arch='tiny_test_net', image_size=24,
-              class_names=CLASSES, layout=True):
+              class_names=CLASSES, layout=True, test_images=12):
   """A finished run directory as finetune leaves it, with a random model."""
   model = ij.create_model(arch, num_classes=len(class_names), rngs=nnx.Rngs(seed))
   # Random BN statistics, so evaluation uses them (not the identity of a fresh net).
@@ -78,7 +78,7 @@ def write_run(run_dir, data, *, seed=0, arch='tiny_test_net', image_size=24,
       status='finished', arch=arch, dataset=f'folder:{data}',
       layout=splits if layout else {}, class_names=list(class_names),
       num_classes=len(class_names), train_images=36, validation_images=12,
-      test_images=12 if layout else 0, image_size=image_size)
+      test_images=test_images if layout else 0, image_size=image_size)
   prep = prep_lib.Preprocessing(image_size)
   inference.save_classifier(str(run_dir / inference.RUN_FILE), model, class_names, prep,
                             step=6, epoch=3.0, selected='best val_top1 (step 6)')
@@ -284,6 +284,15 @@ def test_evaluate_never_reuses_a_report_and_records_only_its_own_test(env):
   assert 'test' not in after and after == before  # nothing recorded from these
   with pytest.raises(ev.UserError, match='--overwrite'):
     evaluate.run(['evaluate', f'--run={run_b}', f'--output_dir={val["out_dir"]}'])
+
+
+def test_a_changed_test_split_is_not_recorded(env, tmp_path):
+  run = write_run(tmp_path / 'run', env['data'], test_images=13)  # one file gone since
+  res = evaluate.run(['evaluate', f'--run={run}', f'--dataset=folder:{env["data"]}/test'])
+  assert "the test split of run" in res['data'] and not res['recorded']
+  assert 'test' not in json.loads((run / 'run.json').read_text())
+  assert '12 readable images now, 13 when the run was trained' in open(
+      os.path.join(res['out_dir'], 'summary.md')).read()
 
 
 def test_evaluate_skips_an_unreadable_image_and_names_it(env, tmp_path):
