@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import sys
 import time
 from typing import Any
 

@@ -73,16 +73,21 @@ def make_flags_parser(flag_values: flags.FlagValues, doc: str,
     if any(a in ('-h', '--help', '--helpshort', '--helpfull', '-?') for a in argv[1:]):
       print(doc.strip() + '\n\n' + flag_values.get_help())
       sys.exit(0)
+
+    def fail(msg):
+      print(f'error: {msg}; see --help', file=sys.stderr)
+      sys.exit(EXIT_USAGE)
+
     try:
       rest = flag_values(list(argv), known_only=True)
       rest = flags.FLAGS(rest, known_only=True)
     except flags.Error as e:
-      sys.exit(f'error: {e}\nSee --help.')
+      fail(e)
     unknown = [a for a in rest[1:] if a.startswith('-')]
     if unknown:
-      sys.exit(f'error: unknown flag {unknown[0]}; see --help')
+      fail(f'unknown flag {unknown[0]}')
     if rest[1:] and not positional:
-      sys.exit(f'error: unexpected arguments {rest[1:]}; see --help')
+      fail(f'unexpected arguments {rest[1:]}')
     return rest
 
   return parse

@@ -38,7 +38,6 @@ from experiments import report
 from experiments import runs as runs_lib
 from inception_jax import inference
 from inception_jax import preprocessing as prep_lib
-from inception_jax import registry, specs
 from test_finetune import ROOT, TINY_ARCH  # registers tiny_test_net
 from test_runs import CLASSES, make_folder
 
