@@ -350,18 +350,9 @@ def write_summary(path: str, *, title: str, hparams: dict[str, Any], facts: dict
                    f"{f(r.get('train_accuracy'), True)} | {f(r.get('val_loss'))} | "
                    f"{f(r.get('val_top1'), True)} | {f(r.get('val_top5'), True)} |")
   if cm is not None:
-    errors, counts = per_class_errors(cm)
-    lines += ['', '## Per-class validation error (last evaluation)', '',
-              '| class | images | errors | error rate | most confused with |',
-              '|---|---|---|---|---|']
-    for i, name in enumerate(class_names):
-      row = cm[i].copy()
-      row[i] = 0
-      worst = (f'{class_names[int(row.argmax())]} ({int(row.max())})'
-               if row.max() > 0 else '-')
-      err = '-' if np.isnan(errors[i]) else f'{100 * errors[i]:.1f}%'
-      lines.append(f'| {name} | {int(counts[i])} | {int(counts[i] - cm[i, i])} | {err} | '
-                   f'{worst} |')
+    from experiments import report  # pylint: disable=g-import-not-at-top
+    lines += ['', '## Per-class validation error (last evaluation)', '']
+    lines += report.per_class_table(cm, class_names)
   lines += ['', '## Hyperparameters', '', '| flag | value |', '|---|---|']
   lines += [f'| {k} | `{v}` |' for k, v in sorted(hparams.items())]
   lines += ['', 'Plots: `plots/curves.png`, `plots/confusion_matrix.png`, '
