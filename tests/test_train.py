@@ -112,11 +112,14 @@ def test_aux_weights_come_from_the_table(monkeypatch):
           'inception_v1_bn': {'aux1': 0.3, 'aux2': 0.3},
           'inception_v3': {'AuxLogits': 0.4}, 'inception_v4': {'AuxLogits': 0.4},
           'inception_resnet_v2': {'AuxLogits': 0.4}}
+  from inception_jax import get_arch
   for arch, weights in want.items():
-    model = nnx.eval_shape(lambda a=arch: create_model(a, num_classes=5, aux_logits=True))
-    assert train.aux_loss_weights(model) == weights, arch
-    assert train.aux_loss_weights(model, 1.0) == {k: 1.0 for k in weights}
-  no_aux = nnx.eval_shape(lambda: create_model('inception_v3', num_classes=5))
+    assert {h.name: h.loss_weight for h in get_arch(arch).aux_heads} == weights, arch
+  model = nnx.eval_shape(lambda: create_model('inception_v1', num_classes=5))
+  assert train.aux_loss_weights(model) == want['inception_v1']
+  assert train.aux_loss_weights(model, 1.0) == {'aux1': 1.0, 'aux2': 1.0}
+  no_aux = nnx.eval_shape(lambda: create_model('inception_v1', num_classes=5,
+                                               aux_logits=False))
   assert train.aux_loss_weights(no_aux) == {}
   with pytest.raises(ValueError, match="not a registered architecture.*aux_loss_weight"):
     train.aux_loss_weights(tiny.tiny_model())
