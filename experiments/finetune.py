@@ -20,8 +20,11 @@ Every run gets its own directory, ``--runs_dir/<arch>-<dataset>-<time>`` (defaul
 is resumed only when asked: ``--resume`` (the newest run of this arch and dataset
 under ``--runs_dir``) or ``--workdir`` of an existing run; any flag that would change
 the model, data or schedule is then refused with a diff of old and new values.
-The best model is also written as an inference file, ``RUN/best.safetensors``:
-``inception_jax.load(RUN)`` or ``create_model(pretrained=RUN)`` use it.
+The best model by ``--monitor`` is also written as an inference file,
+``RUN/best.safetensors``: ``inception_jax.load(RUN)`` or ``create_model(pretrained=RUN)``
+use it. ``--early_stopping_patience`` and ``--schedule=plateau`` are Keras'
+``EarlyStopping`` and ``ReduceLROnPlateau`` (``inception_jax.callbacks``); when early
+stopping fires (or with ``--restore_best``) the reports describe the best model.
 
 Flags are checked before TensorFlow is imported, data is scanned or anything
 compiles, so a mistake is reported within seconds.
