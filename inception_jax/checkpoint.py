@@ -65,6 +65,22 @@ def _key_impl(x):
   return x.dtype._impl  # pylint: disable=protected-access  (abstract key arrays)
 
 
+def _one_replica(x):
+  """A replicated array of a one-process run as its first device's copy.
+
+  Orbax otherwise extracts a replica of every global array with a jitted slice,
+  compiling one small program per shape: saving Inception-v3's state on 8 CPU
+  devices took 47.6 s the first time and 11.5 s after, against 3.0 s from the
+  single-device copies (2-core machine, loaded). Restoring places the arrays on
+  the target's sharding either way. Several processes keep the global arrays
+  (orbax coordinates who writes what).
+  """
+  if (jax.process_count() == 1 and isinstance(x, jax.Array) and len(x.sharding.device_set) > 1
+      and x.is_fully_replicated):
+    return x.addressable_data(0)
+  return x
+
+
 def _key_data_sharding(sharding):
   if isinstance(sharding, NamedSharding):
     return NamedSharding(sharding.mesh, P(*sharding.spec))
@@ -122,7 +138,8 @@ class CheckpointManager:
       metrics: JSON-able scalars; must contain ``best_metric`` to compete for best.
     """
     keys, leaves, _ = _flatten(state)
-    flat = {k: (jax.random.key_data(x) if _is_key(x) else x) for k, x in zip(keys, leaves)}
+    flat = {k: _one_replica(jax.random.key_data(x) if _is_key(x) else x)
+            for k, x in zip(keys, leaves)}
     if metrics is not None:
       metrics = {k: float(v) for k, v in metrics.items()}
       if self.best_metric not in metrics or not math.isfinite(metrics[self.best_metric]):

@@ -57,8 +57,9 @@ def global_batch(n=8, seed=0):
 
 def dist_config():
   from inception_jax import train
-  return train.TrainConfig(optimizer='rmsprop', learning_rate=0.01, schedule='constant',
-                           weight_decay=1e-4, grad_clip=2.0, label_smoothing=0.1)
+  return train.TrainConfig(optimizer='rmsprop_tf', learning_rate=0.01, schedule='constant',
+                           weight_decay=1e-4, grad_clip=2.0, label_smoothing=0.1,
+                           aux_loss_weight=0.4)
 
 
 def main(port, num_processes, process_id, out):
