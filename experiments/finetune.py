@@ -187,8 +187,8 @@ flags.DEFINE_string('compilation_cache_dir', None, 'Persistent XLA compilation c
                     'it off.')
 flags.DEFINE_integer('eval_every', 0, 'Evaluate every N steps (0: every epoch) and at '
                      'the end.')
-flags.DEFINE_integer('checkpoint_every', 0, 'Checkpoint every N steps (0: every epoch) '
-                     'and at the end.')
+flags.DEFINE_integer('checkpoint_every', 0, 'Checkpoint every N steps (0: every epoch), '
+                     'at the end and at each new best evaluation.')
 flags.DEFINE_integer('keep_checkpoints', 3, 'Recent checkpoints kept (plus the best).')
 flags.DEFINE_float('measure_pipeline_seconds', 2.0, 'Time the input pipeline alone '
                    'for this long before training (0: skip).')
@@ -834,8 +834,6 @@ def run() -> dict[str, Any]:
       patience=FLAGS.plateau_patience, min_delta=FLAGS.plateau_min_delta,
       cooldown=FLAGS.plateau_cooldown, min_lr=FLAGS.min_learning_rate)
              if FLAGS.schedule == 'plateau' else None)
-  # Restoring the best model needs its checkpoint: then every improvement is saved.
-  may_restore = FLAGS.restore_best or (FLAGS.restore_best is None and stopper is not None)
   start = 0
   evaluations = 0  # evaluations with validation metrics so far (the callbacks' epoch)
   latest = ckpt.latest_step()
@@ -925,8 +923,10 @@ def run() -> dict[str, Any]:
           metrics=val, selected=selected, pretrained=s.pretrained_name,
           dataset=ds.name, run=os.path.basename(workdir))
 
-  def better(value, than) -> bool:
-    return value > than if mode == 'max' else value < than
+  def better(value, than: dict | None) -> bool:
+    """The one rule for the best model (callbacks.is_better: a tie keeps the first),
+    which the checkpoint manager keeps too."""
+    return callbacks.is_better(value, None if than is None else than[monitor], mode)
 
   def scored(r):
     return isinstance(r.get(monitor), (int, float))
@@ -940,7 +940,7 @@ def run() -> dict[str, Any]:
   # The best so far (a resumed run included) comes from the evaluations kept.
   best = None
   for r in logger.evals.rows:
-    if scored(r) and (best is None or better(r[monitor], best[monitor])):
+    if scored(r) and better(r[monitor], best):
       best = r
   progress = Progress(s.total_steps, start, G, enabled=lead)
   cm, last_val = None, None
@@ -1012,7 +1012,7 @@ def run() -> dict[str, Any]:
         if val:
           value, label = val[monitor], when(step)
           notes = []
-          if best is None or better(value, best[monitor]):
+          if better(value, best):
             was = 'inf' if best is None and mode == 'min' else (
                 '-inf' if best is None else _fmt(best[monitor]))
             notes.append(f'{monitor} improved from {was} to {_fmt(value)}, saving '
@@ -1044,7 +1044,9 @@ def run() -> dict[str, Any]:
                 f'{label}: early stopping: {monitor} has not improved by more than '
                 f'{FLAGS.min_delta:g} for {stopper.wait} evaluations (best '
                 f'{_fmt(best[monitor])} at {when(best["step"]).lower()})')
-      if (step % ckpt_every == 0 or end or stop or (improved and may_restore)):
+      # A new best is always checkpointed, so its full state (evaluate --checkpoint,
+      # --restore_best) is on disk while it is the best.
+      if step % ckpt_every == 0 or end or stop or improved:
         save(step, val)
         last_saved = step
       if stop:
@@ -1065,10 +1067,11 @@ def run() -> dict[str, Any]:
     if restore and best is not None and best['step'] != step:
       best_step = int(best['step'])
       if best_step not in ckpt.all_steps():
-        best_step = ckpt.best_step()
-      if best_step is None:
+        # A run begun before every best was checkpointed: another checkpoint would
+        # not be the model of best.safetensors and run.json's best.
         logging.warning('No checkpoint of the best evaluation (step %s) is kept: the '
-                        'reports describe the last model.', best['step'])
+                        'reports describe the last model; %s holds the best.',
+                        best_step, inference.RUN_FILE)
       else:
         state, _ = ckpt.restore(best_step, state)
         last_val, cm = evaluate(eval_step, state, mesh, val_pipe, ds.num_classes)
@@ -1077,10 +1080,6 @@ def run() -> dict[str, Any]:
                       f'(step {best_step})')
         progress.write(f'Restoring the model of the best evaluation: {when(best_step)} '
                        f'({monitor} {_fmt(last_val[monitor])})')
-        file_step = inference.read_config(inference_file).get('step')
-        if file_step != best_step:  # a tie kept another checkpoint: describe it
-          save_inference(best_step, last_val, f'best {monitor} (step {best_step}), '
-                         'restored')
     elif restore and best is not None:
       final_desc = f'the best by {monitor}: the last step ({step})'
   except BaseException as e:

@@ -25,6 +25,7 @@ This module imports neither JAX nor numpy: it is plain Python.
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any
 
@@ -38,6 +39,24 @@ def monitor_mode(monitor: str) -> str:
     return 'max'
   raise ValueError(f'cannot tell whether {monitor!r} should go up or down; pass '
                    "mode='min' or mode='max'")
+
+
+def is_better(value: float, reference: float | None, mode: str) -> bool:
+  """Whether ``value`` replaces ``reference`` as the best (``mode`` 'min' or 'max').
+
+  The one rule for "the best model" (``finetune``'s ``best.safetensors``, run.json's
+  best, the kept best checkpoint): strictly better, so a tie keeps the first best
+  (Keras' ``EarlyStopping(restore_best_weights=True)`` with ``min_delta=0``); a NaN
+  or infinite value is never the best; the first finite value always is.
+  """
+  if mode not in ('min', 'max'):
+    raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+  value = float(value)
+  if not math.isfinite(value):
+    return False
+  if reference is None:
+    return True
+  return value > reference if mode == 'max' else value < reference
 
 
 def _float32(x: float) -> float:
@@ -172,4 +191,4 @@ class ReduceLROnPlateau(_Monitor):
     self.wait, self.cooldown_counter = int(state['wait']), int(state['cooldown_counter'])
 
 
-__all__ = ['EarlyStopping', 'ReduceLROnPlateau', 'monitor_mode']
+__all__ = ['EarlyStopping', 'ReduceLROnPlateau', 'is_better', 'monitor_mode']

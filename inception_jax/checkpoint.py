@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from inception_jax import callbacks
 from inception_jax import train as train_lib
 
 _PolicyLib = ocp.checkpoint_managers
@@ -81,6 +82,36 @@ def _one_replica(x):
   return x
 
 
+def _first_best(steps_and_values, mode: str) -> int | None:
+  """The step of the best value among ``(step, value)`` pairs, or None.
+
+  ``callbacks.is_better`` in step order: a tie keeps the earliest step, as
+  ``finetune`` picks ``best.safetensors``; NaN and infinite values never win.
+  """
+  best_step, best = None, None
+  for step, value in sorted(steps_and_values):
+    if callbacks.is_better(value, best, mode):
+      best_step, best = step, float(value)
+  return best_step
+
+
+class _FirstBest:
+  """Orbax preservation policy: keeps the checkpoint of ``_first_best``.
+
+  Orbax's ``BestN`` sorts by the metric alone and keeps the last of equal values:
+  the latest of tied steps, not the one ``best.safetensors`` holds.
+  """
+
+  def __init__(self, metric_fn, mode: str):
+    self.metric_fn, self.mode = metric_fn, mode
+
+  def should_preserve(self, checkpoints, *, context=None):
+    del context
+    best = _first_best([(c.step, self.metric_fn(c.metrics)) for c in checkpoints
+                       if c.metrics is not None], self.mode)
+    return [c.step == best for c in checkpoints]
+
+
 def _key_data_sharding(sharding):
   if isinstance(sharding, NamedSharding):
     return NamedSharding(sharding.mesh, P(*sharding.spec))
@@ -92,7 +123,8 @@ class CheckpointManager:
 
   Keeps the ``keep`` most recent checkpoints plus the best one by
   ``best_metric`` (from the ``metrics`` passed to ``save``; checkpoints saved
-  without that metric only count as recent).
+  without that metric only count as recent). Of equal values the earliest step is
+  the best (``callbacks.is_better`` in step order), the rule ``finetune`` picks its best model by.
 
   Args:
     directory: checkpoint root (created if missing).
@@ -108,16 +140,16 @@ class CheckpointManager:
     if best_mode not in ('max', 'min'):
       raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
     self.directory = os.path.abspath(os.fspath(directory))
-    self.best_metric = best_metric
+    self.best_metric, self.best_mode = best_metric, best_mode
 
-    def metric_fn(metrics):
-      return float(metrics[best_metric])
+    def metric_fn(metrics):  # NaN (never the best) where it was not recorded
+      return float(metrics.get(best_metric, math.nan))
 
     policy = _PolicyLib.AnyPreservationPolicy([
         _PolicyLib.LatestN(n=keep),
-        _PolicyLib.BestN(get_metric_fn=metric_fn, reverse=best_mode == 'min', n=1,
-                         keep_checkpoints_without_metrics=False),
+        _FirstBest(metric_fn, best_mode),
     ])
+    # best_fn makes orbax store the metrics; the ranking is _FirstBest's.
     options = ocp.CheckpointManagerOptions(
         best_fn=metric_fn, best_mode=best_mode, preservation_policy=policy,
         enable_async_checkpointing=False, create=True)
@@ -154,10 +186,14 @@ class CheckpointManager:
     return self._manager.latest_step()
 
   def best_step(self) -> int | None:
-    """The step with the best ``best_metric``, or None if none was recorded."""
-    if not any(self._manager.metrics(s) for s in self._manager.all_steps()):
-      return None
-    return self._manager.best_step()
+    """The step with the best ``best_metric`` (ties: the earliest), or None if none
+    was recorded."""
+    scored = []
+    for step in self._manager.all_steps():
+      metrics = self._manager.metrics(step)
+      if metrics and self.best_metric in metrics:
+        scored.append((step, float(metrics[self.best_metric])))
+    return _first_best(scored, self.best_mode)
 
   def all_steps(self) -> list[int]:
     """Every step on disk, ascending."""

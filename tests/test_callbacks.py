@@ -41,6 +41,19 @@ def test_early_stopping_by_hand():
   assert run(es, [1.0, float('nan')]) == [False, True]
 
 
+def test_is_better_by_hand():
+  """The best model's rule: strictly better, so a tie keeps the first best."""
+  assert callbacks.is_better(0.5, None, 'max') and callbacks.is_better(9.0, None, 'min')
+  assert callbacks.is_better(0.6, 0.5, 'max') and not callbacks.is_better(0.5, 0.5, 'max')
+  assert callbacks.is_better(0.4, 0.5, 'min') and not callbacks.is_better(0.5, 0.5, 'min')
+  assert not callbacks.is_better(0.4, 0.5, 'max') and not callbacks.is_better(0.6, 0.5, 'min')
+  for bad in (float('nan'), float('inf'), float('-inf')):
+    assert not callbacks.is_better(bad, None, 'max')
+    assert not callbacks.is_better(bad, 0.5, 'min')
+  with pytest.raises(ValueError, match="'min' or 'max'"):
+    callbacks.is_better(0.5, 0.4, 'auto')
+
+
 def test_reduce_lr_on_plateau_by_hand():
   # val_top1 (max), factor 0.5, patience 2, min_delta 0.01, cooldown 1, min_lr 0.2.
   p = callbacks.ReduceLROnPlateau(1.0, 'val_top1', factor=0.5, patience=2, min_delta=0.01,
@@ -74,28 +87,35 @@ KERAS = """
 import json
 import keras
 
-class FakeModel:  # what the callbacks touch: stop_training and the optimizer's rate
-  def __init__(self):
+class FakeModel:  # what the callbacks touch: stop_training, the optimizer's rate and
+  def __init__(self):  # the weights (here: the epoch that produced them)
     self.stop_training = False
     self.optimizer = keras.optimizers.SGD(learning_rate=1.0)
+    self.epoch = None
 
-out = {}
+  def get_weights(self):
+    return [self.epoch]
+
+out, best = {}, {}
 for name, values, kw in %r:
   model = FakeModel()
   if name == 'es':
-    cb = keras.callbacks.EarlyStopping(**kw)
+    cb = keras.callbacks.EarlyStopping(restore_best_weights=True, **kw)
   else:
     cb = keras.callbacks.ReduceLROnPlateau(**kw)
   cb.set_model(model)
   cb.on_train_begin()
   seen = []
   for epoch, v in enumerate(values):
+    model.epoch = epoch
     cb.on_epoch_end(epoch, {kw['monitor']: v})
     seen.append([model.stop_training, float(model.optimizer.learning_rate)])
     if model.stop_training:
       break
+  if name == 'es':  # the epoch of the weights restore_best_weights would restore
+    best[str(len(out))] = cb.best_weights[0]
   out[str(len(out))] = seen
-print(json.dumps(out))
+print(json.dumps(dict(out, best=best)))
 """
 
 CASES = [
@@ -104,6 +124,8 @@ CASES = [
     ('es', [0.3, 0.5, 0.5, 0.49, 0.6, 0.6, 0.6, 0.6],
      dict(monitor='val_top1', patience=3, mode='max')),
     ('es', [0.3, 0.2, 0.4], dict(monitor='val_top1', patience=0, mode='max')),
+    ('es', [1.0, 0.8, 0.9, 0.8, 0.8, 0.85], dict(monitor='val_loss', patience=10,
+                                                 mode='min')),
     ('rl', [0.50, 0.505, 0.51, 0.60, 0.60, 0.60, 0.60, 0.60, 0.60, 0.60, 0.60],
      dict(monitor='val_top1', factor=0.5, patience=2, min_delta=0.01, cooldown=1,
           min_lr=0.2, mode='max')),
@@ -136,3 +158,11 @@ def test_same_decisions_as_keras():
     assert len(ours) == len(theirs), (i, ours, theirs)
     for (s1, lr1), (s2, lr2) in zip(ours, theirs):
       assert s1 == s2 and lr1 == pytest.approx(lr2, rel=1e-6), (i, ours, theirs)
+    if name == 'es' and not kw.get('min_delta'):
+      # The best model (callbacks.is_better over the evaluations seen: finetune's
+      # best.safetensors and kept checkpoint) is the one Keras restores; ties too.
+      mode, best = callbacks.monitor_mode(kw['monitor']), None
+      for epoch, v in enumerate(values[:len(ours)]):
+        if callbacks.is_better(v, None if best is None else values[best], mode):
+          best = epoch
+      assert best == keras_out['best'][str(i)], (i, best, keras_out['best'])

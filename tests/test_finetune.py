@@ -281,9 +281,9 @@ def test_auto_bn_momentum_fits_the_run_length(steps, expected):
 # ------------------------------------------------------- early stopping, plateau
 
 
-def _script_validation(monkeypatch, val_loss_by_step):
-  """finetune.evaluate with val_loss replaced at the given steps (the decisions
-  become known in advance); everything else, val_top1 included, is real."""
+def _script_validation(monkeypatch, by_step, metric='val_loss'):
+  """finetune.evaluate with ``metric`` replaced at the given steps (the decisions
+  become known in advance); everything else is real."""
   real = finetune.evaluate
   calls = []
 
@@ -291,8 +291,8 @@ def _script_validation(monkeypatch, val_loss_by_step):
     val, cm = real(eval_step, state, mesh, pipe, num_classes)
     step = int(np.asarray(state.step.addressable_data(0)))
     calls.append((step, dict(val)))
-    if step in val_loss_by_step:
-      val = dict(val, val_loss=val_loss_by_step[step])
+    if step in by_step:
+      val = dict(val, **{metric: by_step[step]})
     return val, cm
 
   monkeypatch.setattr(finetune, 'evaluate', evaluate)
@@ -376,6 +376,47 @@ def test_early_stopping_and_plateau_restore_the_best_and_resume_exactly(
   # A stopped run is complete: resuming it trains nothing.
   again = run_inprocess(tmp_path / 'b', **colours, **CALLBACK_FLAGS)
   assert again['complete']
+
+
+# val_top1 (the default --monitor) at each evaluation: 0.8 first at step 6, tied at
+# steps 8 and 12. Evaluations every 2 steps, checkpoints every 4 (step 6 is off the
+# checkpoint grid), one recent checkpoint kept.
+TIE_SCRIPT = {2: 0.5, 4: 0.6, 6: 0.8, 8: 0.8, 10: 0.7, 12: 0.8}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('restore_best', [False, True])
+def test_a_tie_keeps_the_first_best_everywhere(tmp_path, colours, monkeypatch,
+                                               restore_best):
+  """run.json's best, best.safetensors, the kept checkpoint and (with
+  --restore_best) the restored model are all step 6: a tie is no improvement."""
+  import inception_jax as ij  # pylint: disable=g-import-not-at-top
+  _script_validation(monkeypatch, TIE_SCRIPT, metric='val_top1')
+  workdir = tmp_path / 'w'
+  out = run_inprocess(workdir, **colours, steps=12, eval_every=2, checkpoint_every=4,
+                      keep_checkpoints=1, restore_best=restore_best)
+  record = json.loads((workdir / 'run.json').read_text())
+  assert record['best']['step'] == out['best']['step'] == 6
+  assert record['best']['epoch'] == 3.0 and record['best']['val_top1'] == 0.8
+  clf = ij.load(str(workdir))
+  assert clf.info['step'] == 6
+  ckpt = checkpoint_lib.CheckpointManager(workdir / 'checkpoints')
+  assert ckpt.all_steps() == [6, 12] and ckpt.best_step() == 6
+  # The inference file is the weights of that checkpoint.
+  from_ckpt = ij.load(str(workdir), checkpoint=6)
+  x = np.random.default_rng(0).normal(size=(2, 24, 24, 3)).astype(np.float32)
+  np.testing.assert_array_equal(np.asarray(clf.model(x)), np.asarray(from_ckpt.model(x)))
+  final = record['final']
+  if restore_best:
+    assert (final['step'], final['restored'], final['val_top1']) == (6, True, 0.8)
+    assert out['final_step'] == 6
+  else:
+    assert (final['step'], final['restored']) == (12, False)
+  # experiments.evaluate of that step gives the inference file's numbers.
+  from experiments import evaluate  # pylint: disable=g-import-not-at-top
+  at_best = evaluate.run(['evaluate', f'--run={workdir}', '--checkpoint=6'])
+  best_file = evaluate.run(['evaluate', f'--run={workdir}'])
+  np.testing.assert_allclose(at_best['log_probs'], best_file['log_probs'], atol=1e-6)
 
 
 def test_epoch_lines_and_callback_messages(tmp_path, colours, monkeypatch):

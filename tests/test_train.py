@@ -263,6 +263,29 @@ def test_checkpoint_keeps_latest_and_best(tmp_path):
     again.restore(5, no_aux)
 
 
+@pytest.mark.parametrize('mode,values', [
+    ('max', [0.5, 0.8, 0.6, 0.8, 0.8]),     # val_top1: 0.8 first at step 2
+    ('min', [1.0, 0.4, 0.9, 0.4, 0.4]),     # val_loss: 0.4 first at step 2
+])
+def test_checkpoint_ties_keep_the_first_best(tmp_path, mode, values):
+  """A tie is no improvement (Keras' EarlyStopping with min_delta=0, and finetune's
+  best.safetensors): the first step with the best value is the kept best, however
+  many later checkpoints equal it."""
+  cfg = ADAM
+  setup(cfg, 8)
+  state = fresh_state(cfg, 8)
+  metric = 'val_top1' if mode == 'max' else 'val_loss'
+  manager = checkpoint.CheckpointManager(tmp_path, keep=1, best_metric=metric,
+                                         best_mode=mode)
+  for step, v in enumerate(values, 1):
+    manager.save(step, state, {'step': step}, {metric: v})
+    assert manager.best_step() == (1 if step == 1 else 2)
+  assert manager.all_steps() == [2, 5]  # the best (the first 0.8) + the latest
+  again = checkpoint.CheckpointManager(tmp_path, keep=1, best_metric=metric,
+                                       best_mode=mode)
+  assert again.best_step() == 2
+
+
 # ----------------------------------------------------------------- freezing, BN
 
 
