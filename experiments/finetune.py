@@ -20,7 +20,8 @@ Every run gets its own directory, ``--runs_dir/<arch>-<dataset>-<time>`` (defaul
 is resumed only when asked: ``--resume`` (the newest run of this arch and dataset
 under ``--runs_dir``) or ``--workdir`` of an existing run; any flag that would change
 the model, data or schedule is then refused with a diff of old and new values.
-The best model by ``--monitor`` is also written as an inference file,
+The best model by ``--monitor`` (a tie keeps the first, ``callbacks.is_better``;
+its checkpoint is kept while it is the best) is also written as an inference file,
 ``RUN/best.safetensors``: ``inception_jax.load(RUN)`` or ``create_model(pretrained=RUN)``
 use it. ``--early_stopping_patience`` and ``--schedule=plateau`` are Keras'
 ``EarlyStopping`` and ``ReduceLROnPlateau`` (``inception_jax.callbacks``); when early
@@ -156,8 +157,8 @@ flags.DEFINE_string('class_weight', 'none', '"none"; "balanced" (Keras/scikit-le
 flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
 # --- model selection (Keras EarlyStopping)
 flags.DEFINE_enum('monitor', 'val_top1', ['val_top1', 'val_accuracy', 'val_loss'],
-                  'The validation metric that picks the best model (best.safetensors) '
-                  'and drives --early_stopping_patience and --schedule=plateau '
+                  'The validation metric that picks the best model (best.safetensors, '
+                  'the kept best checkpoint; a tie keeps the first) and drives --early_stopping_patience and --schedule=plateau '
                   '(val_accuracy = val_top1).')
 flags.DEFINE_integer('early_stopping_patience', 0, 'Stop when --monitor has not improved '
                      'for this many evaluations (0: never).')
