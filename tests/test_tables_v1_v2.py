@@ -20,6 +20,7 @@ import pytest
 from flax import nnx
 
 import inception_jax as ij
+from inception_jax import weights
 
 # --------------------------------------------------------------------------- helpers
 
@@ -404,17 +405,13 @@ def test_googlenet_bn_symmetric_matches_torchvision_numerics(tmp_path):
   _run_torch(_TORCHVISION_NUMERICS, str(path), '47')
   ref = np.load(path)
   model = ij.create_model('inception_v1_bn', padding='symmetric')
-  variables = {p: v for p, v in nnx.to_flat_state(nnx.state(model))
-               if isinstance(v, (nnx.Param, nnx.BatchStat))}
-  loaded = set()
+  arrays = {}
   for key in ref.files:
     if key.startswith('param/'):
       target, axes = _torchvision_to_slim(key[len('param/'):])
-      value = ref[key] if axes is None else ref[key].transpose(axes)
-      assert variables[target].get_value().shape == value.shape, target
-      variables[target].set_value(jnp.asarray(value))
-      loaded.add(target)
-  assert loaded == set(variables)  # strict: every parameter and statistic
+      arrays['/'.join(target)] = ref[key] if axes is None else ref[key].transpose(axes)
+  # Strict: every parameter and statistic, with its shape.
+  weights.assign(model, arrays, source='torchvision googlenet')
 
   graphdef, state = nnx.split(model)
 
