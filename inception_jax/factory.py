@@ -105,16 +105,25 @@ def build(arch: str | specs.ArchSpec, options: dict[str, Any], rngs: nnx.Rngs,
   return model
 
 
+class _NoKeys:
+  """The ``params`` stream of an abstract build: it hands out ``None``.
+
+  The ``layers`` initialisers then return zeros of the shape instead of tracing a
+  random draw per parameter shape (most of the trace time), and no stream
+  counter is updated per parameter (each traced update makes nnx compare tracer
+  shardings, which walks the whole trace: quadratic). Not an ``nnx.RngStream``,
+  so ``nnx.split_rngs`` leaves it alone; dropout still forks the default stream.
+  """
+
+  def __call__(self):
+    return None
+
+
 def abstract_model(spec: specs.ArchSpec, options: dict[str, Any]) -> model_lib.Inception:
   """The network traced abstractly (``nnx.eval_shape``): its variables hold shapes."""
   def make():
     rngs = nnx.Rngs(0)  # no values are drawn: any seed
-    # NumPy stream counters: incrementing a traced counter makes nnx compare the
-    # tracers' shardings, which builds an error message by walking the whole
-    # trace each time (quadratic: half of the trace time of Inception-v3).
-    for name in rngs:
-      stream = getattr(rngs, name)
-      stream.count = nnx.RngCount(np.zeros(stream.count.shape, np.uint32), tag=name)
+    rngs.params = _NoKeys()
     return model_lib.Inception(spec, rngs=rngs, **options)
   return nnx.eval_shape(make)
 
