@@ -135,7 +135,8 @@ def initialise(model: model_lib.Inception, rngs: nnx.Rngs) -> None:
   truncated-normal draw from ``rngs.params()``, in network order (stem to head,
   so that the head's size or presence does not change the backbone for a seed),
   each scaled by its initializer's standard deviation; constants are written by
-  NumPy; dropout RNG streams get fresh keys of the stream named by their tag.
+  NumPy; dropout RNG streams get fresh keys from ``rngs.dropout`` (or its
+  default stream).
   The same distribution as running each initialiser, not the same numbers.
   """
   todo = [(weights_lib._key(path), var)  # pylint: disable=protected-access
@@ -175,7 +176,7 @@ def initialise(model: model_lib.Inception, rngs: nnx.Rngs) -> None:
       values[key] = xp.asarray(part, var.dtype)
       offset += n
   for key, var in streams:  # after the draw: its key does not depend on the head
-    stream_key = rngs[var.get_metadata().get('tag', 'default')]()
+    stream_key = rngs['dropout']()  # the only streams a network holds (or 'default')
     values[key] = jax.random.split(stream_key, var.shape) if var.shape else stream_key
   keys = list(values)
   on_device = jax.device_put([values[k] for k in keys])
