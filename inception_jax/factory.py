@@ -139,7 +139,7 @@ def initialise(model: model_lib.Inception, rngs: nnx.Rngs) -> None:
   default stream).
   The same distribution as running each initialiser, not the same numbers.
   """
-  todo = [(weights_lib._key(path), var)  # pylint: disable=protected-access
+  todo = [(weights_lib.path_key(path), var)
           for path, var in nnx.to_flat_state(nnx.state(model))
           if isinstance(var.get_value(), jax.ShapeDtypeStruct)]
   order = (*model.layer_names, *(n for n, _ in model.aux_names), 'Bottleneck', 'Logits')
@@ -257,7 +257,7 @@ def load(source: str, *, checkpoint: str | int | None = None,
   elif '.' in src and os.sep not in src:
     model = create_model(src, rngs=rngs, **options)
   else:
-    raise FileNotFoundError(inference._missing_message(src))  # pylint: disable=protected-access
+    raise FileNotFoundError(inference.missing_message(src))
   cfg = model.pretrained_cfg
   names = prep_lib.imagenet_classes()
   if cfg.label_offset:

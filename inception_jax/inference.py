@@ -140,7 +140,7 @@ def read_classifier(source: str, *, name: str | None = None,
   """
   path = _classifier_file(source)
   if path is None or not os.path.exists(path):
-    raise FileNotFoundError(_missing_message(source))
+    raise FileNotFoundError(missing_message(source))
   arrays, config = weights_lib.load(path)
   if config.get('kind') != KIND:
     raise RunLoadError(f'{path} is not an inference file of a run (it holds '
@@ -152,21 +152,17 @@ def read_classifier(source: str, *, name: str | None = None,
                        f"create_model('{arch}', pretrained=...) or create_model("
                        'pretrained=...) without a name')
   opts = {**config['options'], **options}
-  return fit(arch, int(config['num_classes']), opts, arrays, path, num_classes), config
-
-
-def fit(arch: str, num_classes: int, options: dict, arrays: dict, source: str,
-        requested_classes: int | None = None) -> weights_lib.Loaded:
-  """What to build from the arrays of a run (an inference file or a checkpoint)."""
-  if options.get('aux_logits'):
-    raise RunLoadError(f'{source} has no auxiliary heads (inference files leave them '
+  if opts.get('aux_logits'):
+    raise RunLoadError(f'{path} has no auxiliary heads (inference files leave them '
                        'out); drop aux_logits=True')
-  n = requested_classes or num_classes
-  skip = weights_lib.CLASSIFIER_KEYS if n != num_classes else ()
-  return weights_lib.Loaded(arch, {**options, 'num_classes': n}, arrays, skip, source)
+  file_classes = int(config['num_classes'])
+  n = num_classes or file_classes
+  skip = weights_lib.CLASSIFIER_KEYS if n != file_classes else ()
+  return weights_lib.Loaded(arch, {**opts, 'num_classes': n}, arrays, skip, path), config
 
 
-def _missing_message(source) -> str:
+def missing_message(source) -> str:
+  """Why ``source`` (a run directory or file) cannot be loaded, and what to give."""
   source = os.fspath(source)
   if os.path.isdir(source):
     ckpt = os.path.join(source, 'checkpoints')
@@ -180,5 +176,5 @@ def _missing_message(source) -> str:
           'weight file or a tag from inception_jax.list_pretrained()')
 
 
-__all__ = ['RunLoadError', 'fit', 'is_classifier', 'model_options', 'read_classifier',
-           'read_config', 'save_classifier']
+__all__ = ['RunLoadError', 'is_classifier', 'missing_message', 'model_options',
+           'read_classifier', 'read_config', 'save_classifier']

@@ -31,14 +31,15 @@ class WeightLoadError(ValueError):
   """A weight file does not fit the model it is being loaded into."""
 
 
-def _key(path) -> str:
+def path_key(path) -> str:
+  """The flat key of an nnx state path: its parts joined by '/'."""
   return '/'.join(str(getattr(p, 'key', p)) for p in path)
 
 
 def flat_state(model: nnx.Module) -> dict[str, nnx.Variable]:
   """Parameters and batch statistics of ``model`` by flat key."""
   state = nnx.state(model, nnx.Any(*WEIGHT_KINDS))
-  return {_key(path): var for path, var in nnx.to_flat_state(state)}
+  return {path_key(path): var for path, var in nnx.to_flat_state(state)}
 
 
 def to_numpy(model: nnx.Module) -> dict[str, np.ndarray]:
