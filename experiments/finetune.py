@@ -309,13 +309,13 @@ def check_flags() -> Plan:
                    f'not --arch={FLAGS.arch}; use --arch={cconfig["arch"]}')
   if FLAGS.aux_logits and not aspec.aux_heads:
     raise RunError(f'{arch} has no auxiliary classifier; drop --aux_logits')
-  from inception_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-  options = {**model_lib.BASE_DEFAULTS, **aspec.defaults}
+  options = {}
   if pcfg is not None:
     options.update(dict(pcfg.options))
   if cconfig is not None:
     options.update(cconfig['options'])
-  min_size = aspec.min_input_size(options['padding'], aux=FLAGS.aux_logits)
+  padding = inception_jax.ModelConfig.for_arch(aspec, **options).padding
+  min_size = aspec.min_input_size(padding, aux=FLAGS.aux_logits)
   start_prep = (prep_lib.Preprocessing.from_dict(cconfig['preprocessing'])
                 if cconfig is not None else None)
   if FLAGS.image_size is not None:
@@ -544,9 +544,7 @@ def _bn_momentum(arch: str, total_steps: int) -> float:
   _check_bn_momentum()
   if FLAGS.bn_momentum != 'auto':
     return float(FLAGS.bn_momentum)
-  from inception_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-  default = {**model_lib.BASE_DEFAULTS,
-             **inception_jax.get_arch(arch).defaults}['bn_momentum']
+  default = inception_jax.ModelConfig.for_arch(inception_jax.get_arch(arch)).bn_momentum
   return float(min(default, max(0.9, 1.0 - 10.0 / total_steps)))
 
 

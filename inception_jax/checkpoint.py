@@ -28,6 +28,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from inception_jax import callbacks
 from inception_jax import train as train_lib
+from inception_jax import weights as weights_lib
 
 _PolicyLib = ocp.checkpoint_managers
 
@@ -291,21 +292,10 @@ class CheckpointManager:
     stored = self._manager.item_metadata(step)['state']
     if stored is None:  # metadata unreadable: leave the check to orbax
       return
-    stored = {k: tuple(v.shape) for k, v in stored.items()}
-    want = {k: tuple(v.shape) for k, v in abstract.items()}
-    order = lambda k: (not k.startswith('params.'), k)  # parameters first
-    missing = sorted(set(want) - set(stored), key=order)
-    unexpected = [] if partial else sorted(set(stored) - set(want), key=order)
-    shapes = [f'{k}: stored {stored[k]}, target {want[k]}'
-              for k in sorted(set(want) & set(stored), key=order) if stored[k] != want[k]]
-    if missing or unexpected or shapes:
-      def head(xs):
-        return ', '.join(xs[:5]) + (f' ... ({len(xs)} in all)' if len(xs) > 5 else '')
-      raise ValueError(
-          f'checkpoint {step} in {self.directory} does not match the target state '
-          '(a different architecture, num_classes, aux_logits or optimizer config?). '
-          f'Missing from the checkpoint: [{head(missing)}]; not in the target: '
-          f'[{head(unexpected)}]; shape mismatches: [{head(shapes)}]')
+    weights_lib.check(abstract, stored, source=f'checkpoint {step} in {self.directory}',
+                      allow_unexpected=partial,
+                      cause='a different architecture, num_classes, aux_logits or '
+                            'optimizer config than the run that wrote it')
 
   def close(self) -> None:
     """Waits for pending work and releases the manager."""

@@ -39,10 +39,10 @@ def tiny_spec():
 
 def tiny_model(seed=0, **options):
   from flax import nnx
-  from inception_jax.model import Inception
+  from inception_jax import factory
   options.setdefault('aux_logits', True)
   options.setdefault('bn_momentum', 0.9)  # running stats settle within the tests' ~20 steps
-  return Inception(tiny_spec(), rngs=nnx.Rngs(seed), num_classes=NUM_CLASSES, **options)
+  return factory.build(tiny_spec(), dict(options, num_classes=NUM_CLASSES), nnx.Rngs(seed))
 
 
 def global_batch(n=8, seed=0):

@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import h5py
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -64,18 +63,10 @@ _MODELS = {}
 
 
 def _model(arch, include_top):
-  """Our network with Keras' numerics, built once per (arch, include_top).
-
-  Every weight is overwritten by a strict ``assign``, so the network is traced
-  abstractly and filled with zeros instead of running the random initialisers
-  (minutes of CPU for these sizes).
-  """
+  """Our network with Keras' numerics, built once per (arch, include_top)."""
   if (arch, include_top) not in _MODELS:
-    abstract = nnx.eval_shape(lambda: inception_jax.create_model(
-        arch, include_top=include_top, pooling='avg', **KERAS_OPTIONS))
-    graphdef, state = nnx.split(abstract)
-    _MODELS[arch, include_top] = nnx.merge(
-        graphdef, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), state))
+    _MODELS[arch, include_top] = inception_jax.create_model(
+        arch, include_top=include_top, pooling='avg', **KERAS_OPTIONS)
   return _MODELS[arch, include_top]
 
 
