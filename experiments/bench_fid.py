@@ -46,9 +46,9 @@ def worker_ours(a) -> dict:
   import inception_jax  # pylint: disable=g-import-not-at-top
   inception_jax.configure_xla()  # its XLA:CPU flags, before JAX computes
   import jax  # pylint: disable=g-import-not-at-top
-  from experiments import benchmark  # pylint: disable=g-import-not-at-top
+  import inception_jax  # pylint: disable=g-import-not-at-top
   from inception_jax import fid  # pylint: disable=g-import-not-at-top
-  model = benchmark.create_model_fast('inception_v3_fid', num_classes=1008)
+  model = inception_jax.create_model('inception_v3_fid', num_classes=1008)
   mesh = jax.make_mesh((1,), ('data',), axis_types=(jax.sharding.AxisType.Auto,),
                        devices=jax.devices()[:1])
   extractor = fid.FeatureExtractor(model, a.mode, batch_size=a.batch_size, mesh=mesh)

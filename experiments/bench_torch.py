@@ -1,7 +1,7 @@
 """Benchmark worker for timm (and torchvision's GoogLeNet) on PyTorch.
 
 Started by ``experiments.benchmark`` in its own process: it imports torch and
-never tensorflow (environment.md: tensorflow then triton segfaults).
+never tensorflow (importing tensorflow, then triton, segfaults).
 """
 
 from __future__ import annotations

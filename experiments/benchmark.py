@@ -1,8 +1,8 @@
 """Throughput, compile time, memory and MFU of inception_jax against timm and Keras.
 
 Run ``python -m experiments.benchmark`` (flags: ``--help``). Every framework runs in
-its own subprocess (torch and tensorflow/keras must never share a process, see
-environment.md), and the report goes to ``--results_dir`` as ``benchmark.md`` and
+its own subprocess (torch and tensorflow/keras must never share a process: importing
+TensorFlow and then triton segfaults), and the report goes to ``--results_dir`` as ``benchmark.md`` and
 ``benchmark.json``:
 
 * inference and train-step (forward, backward, SGD-momentum update) images/s per
@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
 import resource
@@ -49,7 +48,7 @@ import traceback
 
 # Dense bf16 tensor peaks (FLOP/s) and fp32-input peaks (TF32 on tensor cores,
 # which is what JAX and cuDNN use for "float32" convs by default), from NVIDIA's
-# data sheets as collected in performance.md section 2.
+# data sheets (H100/H200 SXM and H100 PCIe, A100 product briefs).
 GPU_PEAKS = (
     # (substring of device name, bf16 peak, tf32 peak)
     ('H200', 989.4e12, 494.7e12),
@@ -295,47 +294,6 @@ def _remat_forward(model, x, policy_name: str):
   return model.Logits(model.dropout(x)).astype(jax.numpy.float32)
 
 
-def create_model_fast(arch: str, **options):
-  """``inception_jax.create_model(arch)`` with He-normal weights drawn by NumPy.
-
-  Timings do not depend on the weight values, and the library's initialisers take
-  one XLA compile per parameter shape: 1.5 minutes for inception_v3 on a busy
-  2-core CPU, eager or jitted. The network is traced abstractly
-  (``nnx.eval_shape``) and its state filled here: conv/linear kernels
-  N(0, 2 / fan_in), BN scale and variance 1, biases and means 0, RNG keys from
-  ``jax.random.key(0)``.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  import inception_jax  # pylint: disable=g-import-not-at-top
-
-  abstract = nnx.eval_shape(
-      lambda: inception_jax.create_model(arch, rngs=nnx.Rngs(0), **options))
-  graphdef, state = nnx.split(abstract)
-  rng = np.random.default_rng(0)
-
-  def fill(path, leaf):
-    keys = [getattr(k, 'key', None) for k in path]
-    name = next((k for k in reversed(keys) if isinstance(k, str)), '')
-    shape, dtype = leaf.shape, leaf.dtype
-    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-      keys = jax.random.split(jax.random.key(0), max(1, math.prod(shape)))
-      return keys.reshape(shape)
-    if not np.issubdtype(dtype, np.floating):
-      return jax.numpy.zeros(shape, dtype)
-    if name == 'kernel':
-      fan_in = math.prod(shape[-4:-1]) if len(shape) >= 4 else shape[-2]
-      w = rng.standard_normal(shape, dtype=np.float32) * math.sqrt(2.0 / fan_in)
-      return jax.numpy.asarray(w, dtype)
-    if name in ('scale', 'var'):
-      return jax.numpy.ones(shape, dtype)
-    return jax.numpy.zeros(shape, dtype)
-
-  state = jax.tree_util.tree_map_with_path(fill, state)
-  return nnx.merge(graphdef, state)
-
-
 def _local_train_step(model, remat: str, lr: float = 0.01):
   """(step, state): a jitted SGD-momentum train step over nnx.split/merge."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -419,7 +377,7 @@ def _bench_ours_one(jax, jnp, np, nnx, inception_jax, arch, dtype, batch, size, 
 
   if 'infer' in modes:
     reset_peak_rss()
-    model = create_model_fast(arch, dtype=jdtype)
+    model = inception_jax.create_model(arch, dtype=jdtype)
     graphdef, state = nnx.split(model)
     del model
 
@@ -456,7 +414,7 @@ def _bench_ours_one(jax, jnp, np, nnx, inception_jax, arch, dtype, batch, size, 
 
   if 'train' in modes:
     reset_peak_rss()
-    model = create_model_fast(arch, dtype=jdtype)
+    model = inception_jax.create_model(arch, dtype=jdtype)
     impl = cfg['train_step']
     if impl == 'auto':
       try:
@@ -517,7 +475,7 @@ def run_memory(cfg: dict, emit) -> None:
           'batch': batch, 'remat': remat, 'dtype': 'float32', **info}
   try:
     rss0 = process_maxrss_bytes()
-    model = create_model_fast(arch)
+    model = inception_jax.create_model(arch)
     step, st = _local_train_step(model, remat)
     del model
     rng = np.random.default_rng(0)

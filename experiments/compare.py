@@ -12,10 +12,13 @@ current directory):
   comparison.md    the table (also printed), sorted by best validation top-1: the
                    flags that differ between the runs, parameters, best validation
                    top-1 and loss with the epoch of each, final validation top-1 (the
-                   last evaluation), test metrics where the test split was evaluated,
-                   wall time and training images/s; then the settings all runs share
-                   and the errors of failed runs
-  comparison.csv   the same with full precision, plus first-step seconds (compilation)
+                   model the run ended with: run.json's ``final``, the restored best
+                   with --restore_best or early stopping; else the last evaluation),
+                   test metrics where the test split was evaluated, wall time and
+                   training images/s; then the settings all runs share and the errors
+                   of failed runs
+  comparison.csv   the same with full precision, plus whether the final model was
+                   restored and first-step seconds (compilation)
   comparison.png   validation top-1 and loss per epoch of every run, overlaid (legend:
                    rank and the differing values), and best top-1 against wall time
 
@@ -106,8 +109,21 @@ class Run:
 
   @property
   def final(self) -> dict[str, Any]:
-    """The last evaluation (val_top1, val_loss, epoch), or {}."""
-    return self.evals[-1] if self.evals else {}
+    """The metrics of the model the run ended with (val_top1, val_loss, epoch,
+    restored), or {}.
+
+    run.json's ``final`` of a finished (or stopped) run: with ``--restore_best`` or
+    early stopping, the restored best model. Otherwise (a record without it, a run
+    still running or failed, whose ``final`` would be of an earlier attempt) the
+    last evaluation, with ``restored`` None.
+    """
+    f = self.record.get('final')
+    if self.status in DONE and isinstance(f, dict):
+      top1, loss = _num(f.get('val_top1')), _num(f.get('val_loss'))
+      if top1 is not None or loss is not None:
+        return dict(val_top1=top1, val_loss=loss, epoch=_num(f.get('epoch')),
+                    step=f.get('step'), restored=bool(f.get('restored')))
+    return dict(self.evals[-1], restored=None) if self.evals else {}
 
   @property
   def test(self) -> dict[str, Any] | None:
@@ -303,7 +319,8 @@ def table_rows(runs: Sequence[Run], varied: Sequence[str]) -> list[dict[str, Any
         best_val_top1=r.best_top1, best_val_top1_epoch=r.best_top1_epoch,
         best_val_loss=r.best_loss, best_val_loss_epoch=r.best_loss_epoch,
         final_val_top1=r.final.get('val_top1'), final_val_loss=r.final.get('val_loss'),
-        final_epoch=r.final.get('epoch'), test_top1=_num(t.get('top1')),
+        final_epoch=r.final.get('epoch'), final_restored=r.final.get('restored'),
+        test_top1=_num(t.get('top1')),
         test_top5=_num(t.get('top5')), test_loss=_num(t.get('loss')),
         test_images=t.get('count'), wall_seconds=_num(r.record.get('wall_seconds')),
         train_images_per_second=_num(r.record.get('train_images_per_second')),
@@ -322,8 +339,9 @@ def markdown(runs: Sequence[Run], varied: Sequence[str], title: str = 'Compariso
     head += ['test top-1 / top-5 / loss']
   head += ['wall time', 'train img/s', 'run']
   lines = [f'# {title}', '',
-           f'{len(runs)} runs, sorted by best validation top-1; "final" is the last '
-           'evaluation; wall time counts every attempt of a run.', '',
+           f'{len(runs)} runs, sorted by best validation top-1; "final" is the model the '
+           'run ended with (the restored best with --restore_best or early stopping, '
+           'else the last evaluation); wall time counts every attempt of a run.', '',
            '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for rank, r in enumerate(ordered, 1):
     params = r.record.get('params')
@@ -333,8 +351,8 @@ def markdown(runs: Sequence[Run], varied: Sequence[str], title: str = 'Compariso
         else '-',
         f'{r.best_loss:.4f} ({fmt_epoch(r.best_loss_epoch)})' if r.best_loss is not None
         else '-',
-        f"{_pct(r.final.get('val_top1'))} ({fmt_epoch(r.final.get('epoch'))})" if r.final
-        else '-']
+        f"{_pct(r.final.get('val_top1'))} ({fmt_epoch(r.final.get('epoch'))}"
+        f"{', restored' if r.final.get('restored') else ''})" if r.final else '-']
     if tested:
       t = r.test
       cells.append(f"{_pct(t['top1'])} / {_pct(_num(t.get('top5')))} / "

@@ -50,8 +50,9 @@ from inception_jax.preprocessing import resize_crop_box
 
 from experiments import folders
 
-# TensorFlow is imported after JAX by the experiment (see TRAIN_API.md); here it is
-# only used for tf.data, so keep it off any accelerator.
+# TensorFlow is imported after JAX by the experiment (importing it first and torch
+# or timm after it crashes the process); here it is only used for tf.data, so keep
+# it off any accelerator.
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 tf.config.set_visible_devices([], 'GPU')

@@ -20,8 +20,12 @@ Every run gets its own directory, ``--runs_dir/<arch>-<dataset>-<time>`` (defaul
 is resumed only when asked: ``--resume`` (the newest run of this arch and dataset
 under ``--runs_dir``) or ``--workdir`` of an existing run; any flag that would change
 the model, data or schedule is then refused with a diff of old and new values.
-The best model is also written as an inference file, ``RUN/best.safetensors``:
-``inception_jax.load(RUN)`` or ``create_model(pretrained=RUN)`` use it.
+The best model by ``--monitor`` (a tie keeps the first, ``callbacks.is_better``;
+its checkpoint is kept while it is the best) is also written as an inference file,
+``RUN/best.safetensors``: ``inception_jax.load(RUN)`` or ``create_model(pretrained=RUN)``
+use it. ``--early_stopping_patience`` and ``--schedule=plateau`` are Keras'
+``EarlyStopping`` and ``ReduceLROnPlateau`` (``inception_jax.callbacks``); when early
+stopping fires (or with ``--restore_best``) the reports describe the best model.
 
 Flags are checked before TensorFlow is imported, data is scanned or anything
 compiles, so a mistake is reported within seconds.
@@ -117,20 +121,51 @@ flags.DEFINE_float('cval', 0.0, 'Fill value (0-255) for --fill_mode=constant.')
 flags.DEFINE_bool('random_resized_crop', False, 'Inception-style random crop (8%-100% of '
                   'the area, aspect 3/4-4/3) before resizing.')
 # --- optimisation
-flags.DEFINE_enum('optimizer', 'adam', ['adam', 'sgd', 'rmsprop'], 'Optimizer.')
+flags.DEFINE_enum('optimizer', 'adam', list(train_lib.OPTIMIZERS), 'adam; sgd (momentum '
+                  '0.9); rmsprop: Keras RMSprop (rho 0.9, epsilon 1e-7, no momentum); '
+                  'rmsprop_tf: the Inception papers\' TF RMSProp (decay 0.9, epsilon 1.0 '
+                  'inside the square root, momentum 0.9; "rmsprop" in runs recorded '
+                  'before Keras\' RMSprop took that name).')
 flags.DEFINE_float('learning_rate', 1e-3, 'Peak learning rate.')
-flags.DEFINE_enum('schedule', 'cosine', ['constant', 'cosine', 'exponential'],
-                  'Learning-rate schedule (after the warmup).')
+flags.DEFINE_enum('schedule', 'cosine', list(train_lib.SCHEDULES),
+                  'Learning-rate schedule (after the warmup); "plateau": constant, '
+                  'multiplied by --plateau_factor when --monitor stops improving (Keras '
+                  'ReduceLROnPlateau).')
 flags.DEFINE_float('warmup_epochs', 0.0, 'Linear warmup length in epochs.')
 flags.DEFINE_float('decay_rate', 0.94, 'Exponential schedule: factor per decay period.')
 flags.DEFINE_float('decay_epochs', 2.0, 'Exponential schedule: period in epochs.')
-flags.DEFINE_float('momentum', 0.9, 'SGD / RMSProp momentum.')
+flags.DEFINE_float('plateau_factor', 0.1, 'Plateau schedule: factor of each reduction.')
+flags.DEFINE_integer('plateau_patience', 10, 'Plateau schedule: evaluations without '
+                     'improvement before a reduction.')
+flags.DEFINE_integer('plateau_cooldown', 0, 'Plateau schedule: evaluations after a '
+                     'reduction before counting again.')
+flags.DEFINE_float('plateau_min_delta', 1e-4, 'Plateau schedule: smallest change of '
+                   '--monitor that counts as an improvement (Keras 1e-4).')
+flags.DEFINE_float('min_learning_rate', 0.0, 'Plateau schedule: the rate never goes '
+                   'below it.')
+flags.DEFINE_float('momentum', None, 'SGD / RMSProp momentum (default: sgd 0.9, rmsprop '
+                   '0, rmsprop_tf 0.9).')
 flags.DEFINE_float('weight_decay', 0.0, 'Weight decay (decoupled for Adam).')
 flags.DEFINE_float('grad_clip', 0.0, 'Global-norm gradient clipping (0: off).')
 flags.DEFINE_float('label_smoothing', 0.0, 'Label smoothing.')
-flags.DEFINE_float('aux_loss_weight', None, 'Weight of the auxiliary loss (default: 0.4, '
-                   '0.3 for GoogLeNet).')
+flags.DEFINE_float('aux_loss_weight', None, 'Weight of each auxiliary loss (default: the '
+                   'architecture table\'s: 0.3 for GoogLeNet\'s heads, 0.4 for AuxLogits).')
+flags.DEFINE_string('class_weight', 'none', '"none"; "balanced" (Keras/scikit-learn: '
+                    'n_images / (n_classes * images of the class), from the training '
+                    'split); or CLASS=W,... by class name or index (others 1).')
 flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
+# --- model selection (Keras EarlyStopping)
+flags.DEFINE_enum('monitor', 'val_top1', ['val_top1', 'val_accuracy', 'val_loss'],
+                  'The validation metric that picks the best model (best.safetensors, '
+                  'the kept best checkpoint; a tie keeps the first) and drives --early_stopping_patience and --schedule=plateau '
+                  '(val_accuracy = val_top1).')
+flags.DEFINE_integer('early_stopping_patience', 0, 'Stop when --monitor has not improved '
+                     'for this many evaluations (0: never).')
+flags.DEFINE_float('min_delta', 0.0, 'Early stopping: smallest change of --monitor that '
+                   'counts as an improvement.')
+flags.DEFINE_bool('restore_best', None, 'Report on (evaluate, summarise, record) the best '
+                  'model by --monitor instead of the last one. Default: when early '
+                  'stopping fires.')
 # --- transfer
 flags.DEFINE_string('freeze', 'none', '"none", "backbone" (train only the classifier) or '
                     'an endpoint name (it and everything before it are frozen).')
@@ -152,8 +187,8 @@ flags.DEFINE_string('compilation_cache_dir', None, 'Persistent XLA compilation c
                     'it off.')
 flags.DEFINE_integer('eval_every', 0, 'Evaluate every N steps (0: every epoch) and at '
                      'the end.')
-flags.DEFINE_integer('checkpoint_every', 0, 'Checkpoint every N steps (0: every epoch) '
-                     'and at the end.')
+flags.DEFINE_integer('checkpoint_every', 0, 'Checkpoint every N steps (0: every epoch), '
+                     'at the end and at each new best evaluation.')
 flags.DEFINE_integer('keep_checkpoints', 3, 'Recent checkpoints kept (plus the best).')
 flags.DEFINE_float('measure_pipeline_seconds', 2.0, 'Time the input pipeline alone '
                    'for this long before training (0: skip).')
@@ -242,13 +277,22 @@ def check_flags() -> Plan:
   _check_number('warmup_epochs', FLAGS.warmup_epochs >= 0, 'use a length >= 0')
   _check_number('zoom_range', 0.0 <= FLAGS.zoom_range < 1.0, 'factors are 1 -/+ z, z < 1')
   _check_bn_momentum()
+  _check_optimizer_flags()
+  parse_class_weight(FLAGS.class_weight)
   spec = FLAGS.dataset
   kind, sep, arg = spec.partition(':')
   if not (spec == 'digits' or (sep and kind in ('folder', 'tfds') and arg)):
     raise RunError(f'--dataset={spec!r}: use "digits", "folder:PATH" (one sub-folder of '
                    'images per class) or "tfds:NAME"')
+  layout = {}
   if kind == 'folder':
-    folders.resolve_folder_layout(arg)  # raises DataError on a wrong layout
+    layout = folders.resolve_folder_layout(arg)  # raises DataError on a wrong layout
+  has_val = _validation_planned(kind, layout)
+  if has_val is False and _needs_validation():
+    raise RunError(f'{_needs_validation()} needs validation data, and {spec} has none '
+                   f'with --validation_split={FLAGS.validation_split}: hold out part of '
+                   'the training images (--validation_split=0.2), give '
+                   '--validation_dataset=DIR, or drop it')
   for name in ('validation_dataset', 'test_dataset'):
     if FLAGS[name].value:
       folders.resolve_class_folder(FLAGS[name].value, f'--{name}')
@@ -264,13 +308,13 @@ def check_flags() -> Plan:
                    f'not --arch={FLAGS.arch}; use --arch={cconfig["arch"]}')
   if FLAGS.aux_logits and not aspec.aux_heads:
     raise RunError(f'{arch} has no auxiliary classifier; drop --aux_logits')
-  from inception_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-  options = {**model_lib.BASE_DEFAULTS, **aspec.defaults}
+  options = {}
   if pcfg is not None:
     options.update(dict(pcfg.options))
   if cconfig is not None:
     options.update(cconfig['options'])
-  min_size = aspec.min_input_size(options['padding'], aux=FLAGS.aux_logits)
+  padding = inception_jax.ModelConfig.for_arch(aspec, **options).padding
+  min_size = aspec.min_input_size(padding, aux=FLAGS.aux_logits)
   start_prep = (prep_lib.Preprocessing.from_dict(cconfig['preprocessing'])
                 if cconfig is not None else None)
   if FLAGS.image_size is not None:
@@ -294,6 +338,108 @@ def check_flags() -> Plan:
   run_dir, resume = _resolve_run_dir(hparams)
   return Plan(name, arch, path, pcfg, start_prep, pretrained_name, min_size, size,
               run_dir, resume, hparams)
+
+
+def _needs_validation() -> str | None:
+  """The flag that needs a validation split, or None."""
+  if FLAGS.schedule == 'plateau':
+    return '--schedule=plateau'
+  if FLAGS.early_stopping_patience:
+    return f'--early_stopping_patience={FLAGS.early_stopping_patience}'
+  if FLAGS.restore_best:
+    return '--restore_best'
+  return None
+
+
+def _validation_planned(kind: str, layout: dict) -> bool | None:
+  """Whether the run will have a validation split (None: known once TFDS is read)."""
+  if FLAGS.validation_dataset or FLAGS.validation_split > 0:
+    return True
+  if kind == 'folder':
+    return 'validation' in layout
+  if kind == 'tfds':
+    return None
+  return False
+
+
+def _check_optimizer_flags() -> None:
+  """Ranges of the optimizer, plateau and early-stopping flags; flags that do nothing."""
+  if FLAGS.momentum is not None:
+    _check_number('momentum', 0.0 <= FLAGS.momentum < 1.0, 'use a value in [0, 1)')
+  _check_number('plateau_factor', 0.0 < FLAGS.plateau_factor < 1.0,
+                'a reduction factor in (0, 1), e.g. 0.1 or 0.5')
+  for name in ('plateau_patience', 'plateau_cooldown', 'early_stopping_patience'):
+    _check_number(name, FLAGS[name].value >= 0, 'a number of evaluations >= 0')
+  for name in ('plateau_min_delta', 'min_delta', 'min_learning_rate'):
+    _check_number(name, FLAGS[name].value >= 0, 'use a value >= 0')
+  if FLAGS.schedule == 'plateau' and FLAGS.min_learning_rate >= FLAGS.learning_rate > 0:
+    raise RunError(f'--min_learning_rate={FLAGS.min_learning_rate} is not below '
+                   f'--learning_rate={FLAGS.learning_rate}: the plateau schedule could '
+                   'never reduce it; lower --min_learning_rate')
+  unused = []
+  if FLAGS.momentum is not None and FLAGS.optimizer == 'adam':
+    unused.append(('momentum', 'adam has no momentum flag (its betas are 0.9, 0.999)'))
+  if FLAGS.schedule != 'plateau':
+    unused += [(n, 'it applies to --schedule=plateau')
+               for n in ('plateau_factor', 'plateau_patience', 'plateau_cooldown',
+                         'plateau_min_delta', 'min_learning_rate')
+               if FLAGS[n].value != FLAGS[n].default]
+  if not FLAGS.early_stopping_patience and FLAGS.min_delta != FLAGS['min_delta'].default:
+    unused.append(('min_delta', 'it applies to --early_stopping_patience'))
+  for name, why in unused:
+    logging.warning('--%s=%s has no effect: %s.', name, FLAGS[name].value, why)
+
+
+def parse_class_weight(text: str):
+  """'none' -> None; 'balanced'; 'A=2,B=0.5' -> [('A', 2.0), ('B', 0.5)]."""
+  text = (text or 'none').strip()
+  if text.lower() in ('none', 'balanced'):
+    return None if text.lower() == 'none' else 'balanced'
+  pairs = []
+  for item in text.split(','):
+    name, eq, value = item.strip().rpartition('=')
+    try:
+      w = float(value)
+    except ValueError:
+      w = None
+    if not eq or not name or w is None or not math.isfinite(w) or w < 0:
+      raise RunError(f'--class_weight={text!r}: use "none", "balanced" or CLASS=WEIGHT,... '
+                     '(class names or indices, weights >= 0), e.g. --class_weight=cat=2,dog=1')
+    pairs.append((name.strip(), w))
+  return pairs
+
+
+def class_weights_of(text: str, dataset) -> tuple[tuple[float, ...] | None, str]:
+  """(per-class weights or None, how they were chosen) for --class_weight."""
+  parsed = parse_class_weight(text)
+  names = list(dataset.class_names)
+  if parsed is None:
+    return None, 'none'
+  if parsed == 'balanced':
+    counts = dataset.train.class_counts(len(names))
+    if counts is None:
+      raise RunError(f'--class_weight=balanced needs the class of every training image, '
+                     f'which {dataset.name} does not list; give the weights: '
+                     '--class_weight=CLASS=W,...')
+    if (counts == 0).any():
+      empty = [n for n, c in zip(names, counts) if c == 0]
+      raise RunError(f'--class_weight=balanced: no training image of {empty}')
+    weights = train_lib.balanced_class_weights(counts)
+    return weights, 'balanced: n / (n_classes * count), training counts ' + ', '.join(
+        f'{n} {int(c)}' for n, c in zip(names, counts))
+  weights = [1.0] * len(names)
+  for key, w in parsed:
+    if key in names:
+      i = names.index(key)
+    elif key.isdigit() and int(key) < len(names):
+      i = int(key)
+    else:
+      raise RunError(f'--class_weight: no class {key!r} in {dataset.name}; its classes: '
+                     f'{", ".join(names)}')
+    weights[i] = w
+  if not any(weights):
+    raise RunError('--class_weight gives every class weight 0')
+  return tuple(weights), f'given ({text})'
 
 
 def _check_bn_momentum() -> None:
@@ -332,15 +478,56 @@ def _resolve_run_dir(hparams: dict[str, Any]) -> tuple[str | None, bool]:
   else:
     return None, False
   old = runs_lib.read_json(os.path.join(run_dir, runs_lib.FLAGS_JSON))
-  diff = runs_lib.flag_diff(old, hparams, _flag_defaults())
+  old, renamed = upgrade_recorded_flags(old)
+  defaults = _flag_defaults()
+  diff = runs_lib.flag_diff(effective_flags(old, defaults), effective_flags(hparams, defaults),
+                            defaults)
+  flagfile = os.path.join(run_dir, runs_lib.FLAGS_TXT)
+  if renamed and any(name == 'optimizer' for name, _, _ in diff):
+    raise RunError(
+        f'{run_dir} was trained with --optimizer=rmsprop before that name meant Keras\' '
+        'RMSprop: its optimizer is the Inception papers\' TF RMSProp (decay 0.9, '
+        'epsilon 1.0 inside the square root, momentum 0.9), now called rmsprop_tf. '
+        'Resuming with another optimizer would change the run half way. Differences:\n'
+        f'{runs_lib.format_diff(diff)}\nResume it with --optimizer=rmsprop_tf, e.g. '
+        f'--flagfile={flagfile} --optimizer=rmsprop_tf --workdir={run_dir}')
   if diff:
+    fix = f'--flagfile={flagfile} --workdir={run_dir}'
+    if renamed:
+      fix = f'--flagfile={flagfile} --optimizer=rmsprop_tf --workdir={run_dir}'
     raise RunError(
         f'{run_dir} was trained with other settings; resuming would mix them into its '
         f'model and records. Differences:\n{runs_lib.format_diff(diff)}\n'
         'Start a new run instead (drop --workdir/--resume), or resume with the run\'s '
-        f'flags: --flagfile={os.path.join(run_dir, runs_lib.FLAGS_TXT)} '
-        f'--workdir={run_dir}')
+        f'flags: {fix}')
   return run_dir, resume
+
+
+# Flags that runs recorded before the rmsprop rename lack: their flags.json is read
+# with the meanings of that time (optimizer 'rmsprop' was the TF RMSProp).
+_FLAGS_SINCE_RMSPROP_RENAME = ('monitor', 'early_stopping_patience', 'class_weight')
+
+
+def upgrade_recorded_flags(old: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+  """A recorded flags.json in today's meanings; True if 'rmsprop' became 'rmsprop_tf'."""
+  if any(k in old for k in _FLAGS_SINCE_RMSPROP_RENAME) or old.get('optimizer') != 'rmsprop':
+    return old, False
+  return dict(old, optimizer='rmsprop_tf'), True
+
+
+def effective_flags(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+  """Flags as the run uses them, for the resume comparison: the momentum resolved
+  for the optimizer (none for Adam) and val_accuracy read as val_top1."""
+  out = dict(values)
+  optimizer = out.get('optimizer', defaults.get('optimizer'))
+  momentum = out.get('momentum', defaults.get('momentum'))
+  if optimizer == 'adam':
+    out['momentum'] = None
+  elif momentum is None:
+    out['momentum'] = train_lib.DEFAULT_MOMENTUM.get(optimizer)
+  if out.get('monitor') == 'val_accuracy':
+    out['monitor'] = 'val_top1'
+  return out
 
 
 def _bn_momentum(arch: str, total_steps: int) -> float:
@@ -356,9 +543,7 @@ def _bn_momentum(arch: str, total_steps: int) -> float:
   _check_bn_momentum()
   if FLAGS.bn_momentum != 'auto':
     return float(FLAGS.bn_momentum)
-  from inception_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-  default = {**model_lib.BASE_DEFAULTS,
-             **inception_jax.get_arch(arch).defaults}['bn_momentum']
+  default = inception_jax.ModelConfig.for_arch(inception_jax.get_arch(arch)).bn_momentum
   return float(min(default, max(0.9, 1.0 - 10.0 / total_steps)))
 
 
@@ -374,6 +559,7 @@ class Setup:
   total_steps: int
   pretrained_name: str | None
   bn_momentum: float
+  class_weight_desc: str
 
 
 def prepare(plan: Plan) -> Setup:
@@ -395,6 +581,11 @@ def prepare(plan: Plan) -> Setup:
       FLAGS.dataset, validation_split=FLAGS.validation_split, data_dir=FLAGS.data_dir,
       cache_dir=FLAGS.cache_dir, validation_dataset=FLAGS.validation_dataset,
       test_dataset=FLAGS.test_dataset)
+  if dataset.val is None and _needs_validation():
+    raise RunError(f'{_needs_validation()} needs validation data, and {dataset.name} has '
+                   'no validation split: set --validation_split (e.g. 0.2) or '
+                   '--validation_dataset=DIR, or drop it')
+  class_weights, class_weight_desc = class_weights_of(FLAGS.class_weight, dataset)
   steps_per_epoch = dataset.train.num_examples // FLAGS.batch_size
   if steps_per_epoch < 1:
     raise RunError(f'{dataset.name} has {dataset.train.num_examples} training images, '
@@ -435,14 +626,15 @@ def prepare(plan: Plan) -> Setup:
       decay_steps=max(1, int(round(FLAGS.decay_epochs * steps_per_epoch))),
       momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay, grad_clip=FLAGS.grad_clip,
       label_smoothing=FLAGS.label_smoothing, aux_loss_weight=FLAGS.aux_loss_weight,
-      freeze=FLAGS.freeze, backbone_lr_mult=FLAGS.backbone_lr_mult,
-      freeze_bn=FLAGS.freeze_bn, dtype=FLAGS.dtype)
+      class_weights=class_weights, freeze=FLAGS.freeze,
+      backbone_lr_mult=FLAGS.backbone_lr_mult, freeze_bn=FLAGS.freeze_bn,
+      dtype=FLAGS.dtype)
   try:
     cfg.validate()
   except ValueError as e:
     raise RunError(str(e)) from None
   return Setup(dataset, model, prep, aug, cfg, steps_per_epoch, total,
-               plan.pretrained_name, options['bn_momentum'])
+               plan.pretrained_name, options['bn_momentum'], class_weight_desc)
 
 
 # --------------------------------------------------------------------------- progress
@@ -581,6 +773,7 @@ def run() -> dict[str, Any]:
   s = prepare(plan)
   from experiments import data as data_lib  # pylint: disable=g-import-not-at-top
   from experiments import outputs  # pylint: disable=g-import-not-at-top
+  from inception_jax import callbacks  # pylint: disable=g-import-not-at-top
   from inception_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   from inception_jax import inference  # pylint: disable=g-import-not-at-top
   from inception_jax import weights as weights_lib  # pylint: disable=g-import-not-at-top
@@ -626,9 +819,21 @@ def run() -> dict[str, Any]:
   mesh = train_lib.make_mesh()
   graphdef, state = train_lib.create_train_state(s.model, cfg, mesh)
   del s.model
+  monitor = 'val_top1' if FLAGS.monitor == 'val_accuracy' else FLAGS.monitor
+  mode = callbacks.monitor_mode(monitor)
   ckpt = checkpoint_lib.CheckpointManager(os.path.join(workdir, 'checkpoints'),
-                                          keep=FLAGS.keep_checkpoints)
+                                          keep=FLAGS.keep_checkpoints,
+                                          best_metric=monitor, best_mode=mode)
+  stopper = (callbacks.EarlyStopping(monitor, patience=FLAGS.early_stopping_patience,
+                                     min_delta=FLAGS.min_delta)
+             if FLAGS.early_stopping_patience else None)
+  plateau = (callbacks.ReduceLROnPlateau(
+      FLAGS.learning_rate, monitor, factor=FLAGS.plateau_factor,
+      patience=FLAGS.plateau_patience, min_delta=FLAGS.plateau_min_delta,
+      cooldown=FLAGS.plateau_cooldown, min_lr=FLAGS.min_learning_rate)
+             if FLAGS.schedule == 'plateau' else None)
   start = 0
+  evaluations = 0  # evaluations with validation metrics so far (the callbacks' epoch)
   latest = ckpt.latest_step()
   if latest is not None:
     meta = ckpt.metadata(latest)
@@ -638,6 +843,13 @@ def run() -> dict[str, Any]:
                      'run for the new classes')
     state, meta = ckpt.restore(latest, state)
     start = int(meta['step'])
+    saved = meta.get('callbacks') or {}
+    evaluations = int(saved.get('evaluations', 0))
+    for name, cb in (('early_stopping', stopper), ('plateau', plateau)):
+      if cb is not None and name in saved:
+        cb.load_state_dict(saved[name])
+      elif cb is not None:
+        logging.warning('Checkpoint %d has no %s state: it starts afresh.', latest, name)
     if meta.get('steps_per_epoch') != s.steps_per_epoch:
       logging.warning('Resuming from a run with %s steps per epoch (now %d): the data '
                       'order differs from an uninterrupted run.',
@@ -646,11 +858,12 @@ def run() -> dict[str, Any]:
                  start // s.steps_per_epoch, ckpt.directory)
   elif plan.resume:
     logging.info('No checkpoint in %s yet: the run starts from step 0', workdir)
-  if (lead and latest is not None and latest >= s.total_steps
-      and record.data.get('status') == 'finished'):
+  status = record.data.get('status') if lead else None
+  if (lead and latest is not None and status in ('finished', 'stopped early')
+      and (latest >= s.total_steps or status == 'stopped early')):
     ckpt.close()
-    print(f'\n{workdir} is complete ({latest} steps); nothing to train. Its report: '
-          f'{os.path.join(workdir, "summary.md")}; evaluate it with\n  python -m '
+    print(f'\n{workdir} is complete ({latest} steps, {status}); nothing to train. Its '
+          f'report: {os.path.join(workdir, "summary.md")}; evaluate it with\n  python -m '
           f'experiments.evaluate --run={workdir}\n')
     return dict(facts={}, val=record.data.get('final'), best=record.data.get('best'),
                 images_per_second=float('nan'), wall_seconds=0.0, steps=latest,
@@ -666,7 +879,12 @@ def run() -> dict[str, Any]:
                   test_images=ds.test.num_examples if ds.test else 0,
                   params=num_params, image_size=s.prep.image_size,
                   preprocessing=s.prep.to_dict(), steps=s.total_steps,
-                  steps_per_epoch=s.steps_per_epoch, batch_size=G)
+                  steps_per_epoch=s.steps_per_epoch, batch_size=G,
+                  optimizer=dict(name=cfg.optimizer, momentum=cfg.effective_momentum,
+                                 rmsprop_eps=cfg.effective_rmsprop_eps),
+                  monitor=monitor,
+                  class_weights=(dict(zip(ds.class_names, cfg.class_weights))
+                                 if cfg.class_weights else None))
     record.start_attempt(start, {k: v for k, v in _flag_values().items()
                                  if k in runs_lib.PLUMBING})
 
@@ -681,9 +899,18 @@ def run() -> dict[str, Any]:
   ckpt_every = FLAGS.checkpoint_every or s.steps_per_epoch
   inference_file = os.path.join(workdir, inference.RUN_FILE)
 
+  def callback_state():
+    out = dict(evaluations=evaluations)
+    if stopper is not None:
+      out['early_stopping'] = stopper.state_dict()
+    if plateau is not None:
+      out['plateau'] = plateau.state_dict()
+    return out
+
   def save(step, val=None):
     epoch, in_epoch = divmod(step, s.steps_per_epoch)
-    ckpt.save(step, state, dict(metadata, step=step, epoch=epoch, step_in_epoch=in_epoch),
+    ckpt.save(step, state, dict(metadata, step=step, epoch=epoch, step_in_epoch=in_epoch,
+                                callbacks=callback_state()),
               metrics=val)
 
   def save_inference(step, val, selected):
@@ -694,22 +921,39 @@ def run() -> dict[str, Any]:
           metrics=val, selected=selected, pretrained=s.pretrained_name,
           dataset=ds.name, run=os.path.basename(workdir))
 
-  # The best so far (a resumed run included) comes from the evaluations kept.
-  def scored(r):
-    return isinstance(r.get('val_top1'), (int, float))
+  def better(value, than: dict | None) -> bool:
+    """The one rule for the best model (callbacks.is_better: a tie keeps the first),
+    which the checkpoint manager keeps too."""
+    return callbacks.is_better(value, None if than is None else than[monitor], mode)
 
-  best = max((r for r in logger.evals.rows if scored(r)), key=lambda r: r['val_top1'],
-             default=None)
+  def scored(r):
+    return isinstance(r.get(monitor), (int, float))
+
+  def when(step) -> str:
+    """Keras' 'Epoch 3' for an evaluation at an epoch's end, else the step."""
+    if step % s.steps_per_epoch == 0:
+      return f'Epoch {step // s.steps_per_epoch}'
+    return f'Step {step} (epoch {step / s.steps_per_epoch:.2f})'
+
+  # The best so far (a resumed run included) comes from the evaluations kept.
+  best = None
+  for r in logger.evals.rows:
+    if scored(r) and better(r[monitor], best):
+      best = r
   progress = Progress(s.total_steps, start, G, enabled=lead)
   cm, last_val = None, None
   since = dict(loss=0.0, accuracy=0.0, n=0)
   t_train, n_images, t_first = None, 0, None
+  t_line, steps_line = time.perf_counter(), 0
   data_wait = 0.0
   last_saved = latest
   step = start
+  stopped_at = None
+  if stopper is not None and stopper.stopped_epoch is not None:
+    stopped_at = start  # killed after early stopping fired, before the reports
   try:
     batches = train_pipe.train_batches(start, s.total_steps)
-    while step < s.total_steps:
+    while step < s.total_steps and stopped_at is None:
       t0 = time.perf_counter()
       try:
         _, batch = next(batches)
@@ -720,6 +964,7 @@ def run() -> dict[str, Any]:
       state, m = train_step(state, images, labels)
       m = {k: float(v) for k, v in jax.device_get(m).items()}
       step += 1
+      steps_line += 1
       if t_train is None:
         t_first = time.perf_counter() - t0
         t_train = 0.0
@@ -744,28 +989,66 @@ def run() -> dict[str, Any]:
       progress.update(step, m, epoch, epochs)
 
       end = step == s.total_steps
-      val = None
+      val, improved, stop = None, False, False
       if (step % eval_every == 0 or end) and val_pipe is not None:
         val, cm = evaluate(eval_step, state, mesh, val_pipe, ds.num_classes)
         last_val = val
       if step % eval_every == 0 or end:
         erow = dict(step=step, epoch=round(step / s.steps_per_epoch, 3),
                     train_loss=since['loss'] / max(since['n'], 1),
-                    train_accuracy=since['accuracy'] / max(since['n'], 1), **(val or {}))
+                    train_accuracy=since['accuracy'] / max(since['n'], 1),
+                    lr=m.get('lr'), **(val or {}))
         since = dict(loss=0.0, accuracy=0.0, n=0)
         if lead:
           logger.log_eval(erow)
+        now = time.perf_counter()
+        label = when(step)
+        if step % s.steps_per_epoch == 0:
+          label = f'{label}/{epochs}'
+        progress.write(epoch_line(label, now - t_line, steps_line, erow))
+        t_line, steps_line = now, 0
         if val:
-          progress.write(f"eval step {step} (epoch {erow['epoch']}): val loss "
-                         f"{val['val_loss']:.4f} top-1 {100 * val['val_top1']:.2f}% "
-                         f"top-5 {100 * val['val_top5']:.2f}%")
-          if best is None or val['val_top1'] > best['val_top1']:
-            best = erow
+          value, label = val[monitor], when(step)
+          notes = []
+          if better(value, best):
+            was = 'inf' if best is None and mode == 'min' else (
+                '-inf' if best is None else _fmt(best[monitor]))
+            notes.append(f'{monitor} improved from {was} to {_fmt(value)}, saving '
+                         f'{inference.RUN_FILE}')
+            best, improved = erow, True
             # Before the checkpoint: a kill between the two re-evaluates this step.
-            save_inference(step, val, f'best val_top1 (step {step})')
-      if step % ckpt_every == 0 or end:
+            save_inference(step, val, f'best {monitor} (step {step})')
+          else:
+            notes.append(f'{monitor} did not improve from {_fmt(best[monitor])} '
+                         f'({_fmt(value)})')
+          if stopper is not None:
+            stop = stopper.update(value, evaluations)
+            notes.append(f'early stopping patience {stopper.wait}/{stopper.patience}')
+          if plateau is not None:
+            new_lr = plateau.update(value, evaluations)
+            if new_lr is not None:
+              factor = new_lr / FLAGS.learning_rate
+              state = train_lib.set_lr_factor(state, factor)
+              notes.append(f'ReduceLROnPlateau reducing learning rate to {new_lr:g}')
+            else:
+              notes.append(f'plateau patience {plateau.wait}/{plateau.patience}'
+                           + (f' (cooldown {plateau.cooldown_counter})'
+                              if plateau.in_cooldown() else ''))
+          evaluations += 1
+          progress.write(f'{label}: ' + '; '.join(notes))
+          if stop:
+            stopped_at = step
+            progress.write(
+                f'{label}: early stopping: {monitor} has not improved by more than '
+                f'{FLAGS.min_delta:g} for {stopper.wait} evaluations (best '
+                f'{_fmt(best[monitor])} at {when(best["step"]).lower()})')
+      # A new best is always checkpointed, so its full state (evaluate --checkpoint,
+      # --restore_best) is on disk while it is the best.
+      if step % ckpt_every == 0 or end or stop or improved:
         save(step, val)
         last_saved = step
+      if stop:
+        break
     if val_pipe is None:
       save_inference(step, None, f'last step {step} (no validation split)')
     elif cm is None and step > 0:
@@ -774,6 +1057,29 @@ def run() -> dict[str, Any]:
       if not os.path.exists(inference_file):
         save_inference(step, last_val, f'last step {step}')
     logger.flush()
+
+    # The model the reports describe: the last one, or the best (--restore_best,
+    # and by default when early stopping fired).
+    restore = FLAGS.restore_best if FLAGS.restore_best is not None else stopped_at is not None
+    final_step, final_desc = step, f'the last step ({step})'
+    if restore and best is not None and best['step'] != step:
+      best_step = int(best['step'])
+      if best_step not in ckpt.all_steps():
+        # A run begun before every best was checkpointed: another checkpoint would
+        # not be the model of best.safetensors and run.json's best.
+        logging.warning('No checkpoint of the best evaluation (step %s) is kept: the '
+                        'reports describe the last model; %s holds the best.',
+                        best_step, inference.RUN_FILE)
+      else:
+        state, _ = ckpt.restore(best_step, state)
+        last_val, cm = evaluate(eval_step, state, mesh, val_pipe, ds.num_classes)
+        final_step = best_step
+        final_desc = (f'the best by {monitor}, restored: {when(best_step).lower()} '
+                      f'(step {best_step})')
+        progress.write(f'Restoring the model of the best evaluation: {when(best_step)} '
+                       f'({monitor} {_fmt(last_val[monitor])})')
+    elif restore and best is not None:
+      final_desc = f'the best by {monitor}: the last step ({step})'
   except BaseException as e:
     if lead:
       record.end_attempt(step, time.time() - _T_PROCESS, status='failed',
@@ -797,6 +1103,8 @@ def run() -> dict[str, Any]:
                f'{s.prep.interpolation}',
       'steps': f'{step} ({step / s.steps_per_epoch:.2f} epochs of {s.steps_per_epoch} '
                f'steps, batch {G})',
+      'optimizer': _optimizer_desc(cfg),
+      'class weights': s.class_weight_desc,
       'BatchNorm momentum': f'{s.bn_momentum:g} (--bn_momentum={FLAGS.bn_momentum})',
       'devices': f'{jax.device_count()} x {jax.devices()[0].platform} '
                  f'({nproc} process{"es" if nproc > 1 else ""})',
@@ -807,23 +1115,36 @@ def run() -> dict[str, Any]:
       'input pipeline images/s per core': (f'{pipeline_ips:.1f}' if pipeline_ips
                                            else 'not measured'),
   }
+  if stopped_at is not None:
+    facts['early stopping'] = (f'stopped at step {stopped_at} (epoch '
+                               f'{stopped_at / s.steps_per_epoch:.2f} of {epochs}): '
+                               f'{monitor} did not improve for '
+                               f'{FLAGS.early_stopping_patience} evaluations')
+  if plateau is not None:
+    facts['learning rate at the end'] = f'{plateau.lr:g} (plateau schedule)'
   if ds.report:
     r = ds.report
     facts['bad files'] = (f"{r['skipped']} skipped, {r['converted']} converted of "
                           f"{r['files']} ({r['reasons']})")
   if last_val is not None:
+    facts['model reported'] = final_desc
     facts['final validation top-1'] = f"{100 * last_val['val_top1']:.2f}%"
     facts['final validation top-5'] = f"{100 * last_val['val_top5']:.2f}%"
     facts['final validation loss'] = f"{last_val['val_loss']:.4f}"
   if best is not None:
-    facts['best validation top-1'] = (f"{100 * best['val_top1']:.2f}% (step {best['step']}, "
-                                      f"epoch {best['epoch']}; {inference.RUN_FILE})")
+    facts[f'best validation {_METRIC_NAMES[monitor]}'] = (
+        f"{_fmt_metric(monitor, best[monitor])} (step {best['step']}, epoch "
+        f"{best['epoch']}; {inference.RUN_FILE})")
+    if monitor != 'val_top1':
+      facts['validation top-1 of the best'] = f"{100 * best['val_top1']:.2f}%"
   facts['inference file'] = inference_file
 
   if lead:
     plots = os.path.join(workdir, 'plots')
     outputs.plot_curves(os.path.join(plots, 'curves.png'), logger.steps.rows,
-                        logger.evals.rows)
+                        logger.evals.rows, steps_per_epoch=s.steps_per_epoch,
+                        best_step=best['step'] if best else None,
+                        stopped_step=stopped_at, monitor=monitor)
     if cm is not None:
       outputs.plot_confusion(os.path.join(plots, 'confusion_matrix.png'), cm,
                              ds.class_names)
@@ -836,10 +1157,16 @@ def run() -> dict[str, Any]:
         evals=logger.evals.rows, cm=cm, class_names=ds.class_names)
     keys = ('step', 'epoch', 'val_loss', 'val_top1', 'val_top5')
     record.end_attempt(
-        step, wall, status='finished', epochs_done=round(step / s.steps_per_epoch, 3),
+        step, wall, status='stopped early' if stopped_at is not None else 'finished',
+        epochs_done=round(step / s.steps_per_epoch, 3),
         best={k: best[k] for k in keys} if best else None,
-        final=dict(last_val, step=step, epoch=round(step / s.steps_per_epoch, 3))
+        final=dict(last_val, step=final_step,
+                   epoch=round(final_step / s.steps_per_epoch, 3),
+                   restored=final_step != step)
         if last_val else None,
+        stopped_early=(dict(step=stopped_at, epoch=round(stopped_at / s.steps_per_epoch, 3),
+                            monitor=monitor, patience=FLAGS.early_stopping_patience)
+                       if stopped_at is not None else None),
         train_images_per_second=None if math.isnan(ips) else round(ips, 2),
         pipeline_images_per_second_per_core=pipeline_ips, first_step_seconds=t_first)
     print('\n' + text.split('## Hyperparameters')[0].rstrip() + '\n')
@@ -847,7 +1174,41 @@ def run() -> dict[str, Any]:
   ckpt.close()
   return dict(facts=facts, val=last_val, best=best, images_per_second=ips,
               pipeline_images_per_second_per_core=pipeline_ips, wall_seconds=wall,
-              steps=step, workdir=workdir)
+              steps=step, workdir=workdir, stopped_at=stopped_at, final_step=final_step)
+
+
+_METRIC_NAMES = {'val_top1': 'top-1', 'val_loss': 'loss'}
+
+
+def _fmt(v: float) -> str:
+  """A metric as Keras' progress bar prints it."""
+  return f'{v:.4f}' if abs(v) > 1e-3 or v == 0 else f'{v:.4e}'
+
+
+def _fmt_metric(name: str, v: float) -> str:
+  return f'{100 * v:.2f}%' if name != 'val_loss' else f'{v:.4f}'
+
+
+def epoch_line(label: str, seconds: float, steps: int, row: dict[str, Any]) -> str:
+  """``Epoch 3/10 - 41s 930ms/step - loss: 0.5120 - accuracy: 0.8300 - val_loss: ...``."""
+  parts = [label, f'{seconds:.0f}s {1000 * seconds / max(steps, 1):.0f}ms/step',
+           f"loss: {_fmt(row['train_loss'])}", f"accuracy: {_fmt(row['train_accuracy'])}"]
+  if isinstance(row.get('val_loss'), (int, float)):
+    parts += [f"val_loss: {_fmt(row['val_loss'])}",
+              f"val_accuracy: {_fmt(row['val_top1'])}",
+              f"val_top5: {_fmt(row['val_top5'])}"]
+  if row.get('lr') is not None:
+    parts.append(f"lr: {row['lr']:.4g}")
+  return ' - '.join(parts)
+
+
+def _optimizer_desc(cfg: train_lib.TrainConfig) -> str:
+  out = f'{cfg.optimizer}, learning rate {cfg.learning_rate:g} ({cfg.schedule})'
+  if cfg.effective_momentum is not None:
+    out += f', momentum {cfg.effective_momentum:g}'
+  if cfg.effective_rmsprop_eps is not None:
+    out += f', rho {cfg.rmsprop_decay:g}, epsilon {cfg.effective_rmsprop_eps:g}'
+  return out
 
 
 class _QuietLibraries:

@@ -192,18 +192,28 @@ def _smooth(y: np.ndarray, n: int) -> np.ndarray:
 
 
 def plot_curves(path: str, steps: Sequence[dict], evals: Sequence[dict],
-                steps_per_epoch: int | None = None) -> None:
-  """Loss and accuracy: training (per step and smoothed) and validation.
+                steps_per_epoch: int | None = None, best_step: int | None = None,
+                stopped_step: int | None = None, monitor: str = 'val_top1') -> None:
+  """Loss, accuracy and learning rate: training (per step and smoothed) and validation.
 
   With ``steps_per_epoch`` and more than one epoch the x axis is the epoch
-  (training steps at fractional epochs), as Keras users plot ``history``.
+  (training steps at fractional epochs, the per-evaluation training means at the
+  evaluations), as Keras users plot ``history``; otherwise the step. ``best_step``
+  (the best evaluation by ``monitor``) and ``stopped_step`` (where early stopping
+  fired) are marked with vertical lines. The learning-rate panel appears when the
+  steps record one.
   """
   plt = _plt()
-  fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(11, 4))
   s = np.array([r['step'] for r in steps], dtype=float)
   es = np.array([r['step'] for r in evals], dtype=float)
-  by_epoch = bool(steps_per_epoch) and len(s) and s.max() > steps_per_epoch
+  last = max(s.max() if len(s) else 0, es.max() if len(es) else 0)
+  by_epoch = bool(steps_per_epoch) and last > steps_per_epoch
   scale = steps_per_epoch if by_epoch else 1
+  lr = np.array([float(r['lr']) if isinstance(r.get('lr'), (int, float)) else np.nan
+                 for r in steps])
+  has_lr = bool(len(lr)) and np.isfinite(lr).any()
+  fig, axes = plt.subplots(1, 3 if has_lr else 2, figsize=(16 if has_lr else 11, 4))
+  ax_l, ax_a = axes[0], axes[1]
   for ax, key, vkeys in ((ax_l, 'loss', ('val_loss',)),
                          (ax_a, 'accuracy', ('val_top1', 'val_top5'))):
     y = np.array([float(r.get(key, np.nan)) for r in steps])
@@ -215,16 +225,29 @@ def plot_curves(path: str, steps: Sequence[dict], evals: Sequence[dict],
                 label=f'train {key} ({n}-step mean)')
     tkey = 'train_loss' if key == 'loss' else 'train_accuracy'
     ty = [r.get(tkey) for r in evals]
-    if by_epoch and any(v is not None for v in ty):
-      ax.plot(es / scale, [np.nan if v is None else v for v in ty], 's--', color='C0',
-              label=f'train {key} (epoch mean)')
+    if by_epoch and any(isinstance(v, (int, float)) for v in ty):
+      ax.plot(es / scale, [v if isinstance(v, (int, float)) else np.nan for v in ty],
+              's--', color='C0', label=f'train {key} (epoch mean)')
     for i, vk in enumerate(vkeys):
       vy = [r.get(vk) for r in evals]
       if any(isinstance(v, (int, float)) for v in vy):
         ax.plot(es / scale, [v if isinstance(v, (int, float)) else np.nan for v in vy],
                 'o-', color=f'C{i + 1}', label=vk.replace('_', ' '))
-    ax.set_xlabel('epoch' if by_epoch else 'step')
     ax.set_ylabel(key)
+  if has_lr:
+    ax_r = axes[2]
+    ax_r.plot(s / scale, lr, color='C4', label='learning rate')
+    if np.nanmin(lr) > 0:
+      ax_r.set_yscale('log')
+    ax_r.set_ylabel('learning rate')
+    ax_r.set_title('learning rate')
+  for ax in axes:
+    if best_step is not None:
+      ax.axvline(best_step / scale, color='C2', ls=':', lw=1,
+                 label=f"best {monitor.replace('_', ' ')}")
+    if stopped_step is not None:
+      ax.axvline(stopped_step / scale, color='C3', ls='--', lw=1, label='early stop')
+    ax.set_xlabel('epoch' if by_epoch else 'step')
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   ax_l.set_title('loss')
@@ -350,18 +373,9 @@ def write_summary(path: str, *, title: str, hparams: dict[str, Any], facts: dict
                    f"{f(r.get('train_accuracy'), True)} | {f(r.get('val_loss'))} | "
                    f"{f(r.get('val_top1'), True)} | {f(r.get('val_top5'), True)} |")
   if cm is not None:
-    errors, counts = per_class_errors(cm)
-    lines += ['', '## Per-class validation error (last evaluation)', '',
-              '| class | images | errors | error rate | most confused with |',
-              '|---|---|---|---|---|']
-    for i, name in enumerate(class_names):
-      row = cm[i].copy()
-      row[i] = 0
-      worst = (f'{class_names[int(row.argmax())]} ({int(row.max())})'
-               if row.max() > 0 else '-')
-      err = '-' if np.isnan(errors[i]) else f'{100 * errors[i]:.1f}%'
-      lines.append(f'| {name} | {int(counts[i])} | {int(counts[i] - cm[i, i])} | {err} | '
-                   f'{worst} |')
+    from experiments import report  # pylint: disable=g-import-not-at-top
+    lines += ['', '## Per-class validation error (last evaluation)', '']
+    lines += report.per_class_table(cm, class_names)
   lines += ['', '## Hyperparameters', '', '| flag | value |', '|---|---|']
   lines += [f'| {k} | `{v}` |' for k, v in sorted(hparams.items())]
   lines += ['', 'Plots: `plots/curves.png`, `plots/confusion_matrix.png`, '

@@ -13,7 +13,8 @@ by default)::
   best.safetensors    the inference file of the best model (inception_jax.inference)
   checkpoints/        full train states for resuming (orbax)
   metrics/            evals.jsonl|csv (one row per evaluation), steps.jsonl|csv
-  plots/, summary.md, tensorboard/, test/ (evaluate's report on the test split)
+  plots/, summary.md, tensorboard/; eval/ (experiments.evaluate's reports),
+                      features/ (experiments.extract_features)
 
 Every record is written atomically (temporary file, fsync, rename), so a run killed
 at any point leaves the previous version of each file intact.

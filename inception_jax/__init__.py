@@ -16,12 +16,13 @@ from inception_jax import inception_v1  # noqa: F401
 from inception_jax import inception_v2  # noqa: F401
 from inception_jax import inception_v3  # noqa: F401
 from inception_jax import inception_v4  # noqa: F401
-from inception_jax.inference import Classifier, load
-from inception_jax.model import Inception, InceptionOutput
+from inception_jax.factory import Classifier, create_model, load
+from inception_jax.model import Inception, InceptionOutput, ModelConfig
 from inception_jax.pretrained import get_pretrained_cfg, list_pretrained
-from inception_jax.registry import create_model, get_arch, list_models
+from inception_jax.registry import get_arch, list_models
 from inception_jax.summary import summary  # the function (the package holds Summary, ...)
 
-__all__ = ['Classifier', 'Inception', 'InceptionOutput', 'configure_xla', 'create_model',
-           'get_arch', 'get_pretrained_cfg', 'list_models', 'list_pretrained', 'load', 'summary']
+__all__ = ['Classifier', 'Inception', 'InceptionOutput', 'ModelConfig', 'configure_xla',
+           'create_model', 'get_arch', 'get_pretrained_cfg', 'list_models', 'list_pretrained',
+           'load', 'summary']
 __version__ = '0.1.0'

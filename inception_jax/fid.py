@@ -259,10 +259,10 @@ def create_fid_model(weights: str | None = None, **options):
       (``python -m third_party_weights.convert --tag inception_v3_fid.tf_2015_12_05``).
     **options: model options (e.g. ``dtype``).
   """
-  from inception_jax import pretrained  # pylint: disable=g-import-not-at-top
+  from inception_jax import factory, pretrained  # pylint: disable=g-import-not-at-top
   cfg = pretrained.get_pretrained_cfg(DEFAULT_WEIGHTS)
-  return pretrained.create_pretrained(DEFAULT_WEIGHTS, path=weights,
-                                      num_classes=cfg.num_classes, **options)
+  return factory.create_model(DEFAULT_WEIGHTS, pretrained=weights,
+                              num_classes=cfg.num_classes, **options)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))

@@ -134,7 +134,8 @@ INCEPTION_RESNET_V2 = register_arch(ArchSpec(
         _block8((224, 256), name='Block8', scale=1.0, activation=False),  # 8x8x2080
         Conv('Conv2d_7b_1x1', 1536, 1),  # 8x8x1536
     ),
-    aux_heads=(AuxHead('AuxLogits', 'Repeat_1', 'slim'),),
+    # TF-slim train_image_classifier.py weights the AuxLogits loss by 0.4.
+    aux_heads=(AuxHead('AuxLogits', 'Repeat_1', 'slim', loss_weight=0.4),),
 ))
 
 

@@ -87,9 +87,10 @@ INCEPTION_V1 = register_arch(ArchSpec(
     defaults=dict(batch_norm=False, dropout_rate=0.4, aux_logits=True),
     layers=_layers(_paper_module, lrn=True,
                    pool_5a=Pool('MaxPool_5a_3x3', 'max', 3, 2)),  # Figure 3 "3x3+2(S)"
-    # Section 5: heads on the outputs of 4a and 4d; 5x5/3 average pool -> 4x4.
-    aux_heads=(AuxHead('aux1', 'Mixed_4b', 'googlenet', 'avg5x5s3'),
-               AuxHead('aux2', 'Mixed_4e', 'googlenet', 'avg5x5s3')),
+    # Section 5: heads on the outputs of 4a and 4d; 5x5/3 average pool -> 4x4; each
+    # loss is added "with a discount weight (0.3)".
+    aux_heads=(AuxHead('aux1', 'Mixed_4b', 'googlenet', 'avg5x5s3', loss_weight=0.3),
+               AuxHead('aux2', 'Mixed_4e', 'googlenet', 'avg5x5s3', loss_weight=0.3)),
 ))
 
 INCEPTION_V1_BN = register_arch(ArchSpec(
@@ -100,6 +101,7 @@ INCEPTION_V1_BN = register_arch(ArchSpec(
     defaults=dict(dropout_rate=0.2, aux_logits=False, bn_eps=1e-3),
     layers=_layers(_slim_module, lrn=False,
                    pool_5a=Pool('MaxPool_5a_2x2', 'max', 2, 2)),
-    aux_heads=(AuxHead('aux1', 'Mixed_4b', 'googlenet', 'adaptive4'),
-               AuxHead('aux2', 'Mixed_4e', 'googlenet', 'adaptive4')),
+    # GoogLeNet's heads and their Section 5 "discount weight (0.3)".
+    aux_heads=(AuxHead('aux1', 'Mixed_4b', 'googlenet', 'adaptive4', loss_weight=0.3),
+               AuxHead('aux2', 'Mixed_4e', 'googlenet', 'adaptive4', loss_weight=0.3)),
 ))

@@ -92,7 +92,8 @@ INCEPTION_V3 = register_arch(ArchSpec(
         _figure7('Mixed_7b', 'Conv2d_0b_3x1'),  # 8x8x2048
         _figure7('Mixed_7c', 'Conv2d_0c_3x1'),  # 8x8x2048
     ),
-    aux_heads=(AuxHead('AuxLogits', 'Mixed_6e', 'slim'),),
+    # TF-slim train_image_classifier.py weights the AuxLogits loss by 0.4.
+    aux_heads=(AuxHead('AuxLogits', 'Mixed_6e', 'slim', loss_weight=0.4),),
 ))
 
 

@@ -122,5 +122,6 @@ INCEPTION_V4 = register_arch(ArchSpec(
         _inception_c('Mixed_7c'),
         _inception_c('Mixed_7d'),
     ),
-    aux_heads=(AuxHead('AuxLogits', 'Mixed_6h', 'slim'),),
+    # TF-slim train_image_classifier.py weights the AuxLogits loss by 0.4.
+    aux_heads=(AuxHead('AuxLogits', 'Mixed_6h', 'slim', loss_weight=0.4),),
 ))

@@ -21,9 +21,67 @@ from inception_jax import specs
 
 Array = jax.Array
 
-# He-normal for ReLU convs; the residual up-projection and classifiers use LeCun.
-_relu_init = nnx.initializers.variance_scaling(2.0, 'fan_in', 'truncated_normal')
-_linear_init = nnx.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
+
+# Initialisers are data, and every variable records its own as ``initializer``
+# metadata: ``create_model`` builds a network abstractly and then draws every
+# random variable from one truncated-normal sample (one compiled program), where
+# running each initialiser costs one XLA compile per parameter shape. In that
+# abstract build the initialisers get ``key=None`` and return zeros of the shape:
+# tracing a random draw per parameter shape was most of the build's time.
+
+# Standard deviation of a unit normal truncated to [-2, 2] (flax/jax variance_scaling).
+_TRUNCATED_STD = 0.87962566103423978
+
+
+@dataclasses.dataclass(frozen=True)
+class Constant:
+  """Every element ``value`` (biases, BatchNorm offsets and statistics)."""
+  value: float
+
+  def __call__(self, key, shape, dtype=jnp.float32) -> Array:
+    del key
+    return jnp.full(shape, self.value, dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class VarianceScaling:
+  """Truncated normal on [-2, 2] standard deviations, variance ``scale / fan_in``.
+
+  flax ``variance_scaling(scale, 'fan_in', 'truncated_normal')``. ``fan_in_axes``
+  input axes before the output axis: 3 for HWIO conv kernels (H, W, I), 1 for
+  ``[in, out]`` linear ones; leading axes (the block axis of a stacked
+  ``Repeat``) are not part of the fan-in.
+  """
+  scale: float
+  fan_in_axes: int
+
+  def std(self, shape) -> float:
+    fan_in = math.prod(shape[-1 - self.fan_in_axes:-1])
+    return math.sqrt(self.scale / fan_in) / _TRUNCATED_STD
+
+  def __call__(self, key, shape, dtype=jnp.float32) -> Array:
+    if key is None:  # the shape only (an abstract build; values are drawn later)
+      return jnp.zeros(shape, dtype)
+    unit = jax.random.truncated_normal(key, -2.0, 2.0, shape, jnp.float32)
+    return (unit * self.std(shape)).astype(dtype)
+
+
+ZEROS, ONES = Constant(0.0), Constant(1.0)
+# He for ReLU convs; the residual up-projection and classifiers use LeCun.
+RELU_CONV = VarianceScaling(2.0, fan_in_axes=3)
+LINEAR_CONV = VarianceScaling(1.0, fan_in_axes=3)
+LINEAR = VarianceScaling(1.0, fan_in_axes=1)
+
+
+def param(init, shape, dtype) -> nnx.Param:
+  """An ``nnx.Param`` of ``init``'s values that records ``init``."""
+  return nnx.Param(init(None, shape, dtype), initializer=init)
+
+
+def init_args(kernel_init) -> dict[str, Any]:
+  """``nnx.Conv`` / ``nnx.Linear`` initialiser arguments, recorded on the variables."""
+  return dict(kernel_init=kernel_init, kernel_metadata={'initializer': kernel_init},
+              bias_init=ZEROS, bias_metadata={'initializer': ZEROS})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,10 +143,11 @@ class BatchNorm(nnx.Module):
 
   def __init__(self, num_features: int, *, momentum: float, epsilon: float,
                use_scale: bool, dtype: Any, param_dtype: Any):
-    self.scale = nnx.Param(jnp.ones((num_features,), param_dtype)) if use_scale else None
-    self.bias = nnx.Param(jnp.zeros((num_features,), param_dtype))
-    self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
-    self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+    n = (num_features,)
+    self.scale = param(ONES, n, param_dtype) if use_scale else None
+    self.bias = param(ZEROS, n, param_dtype)
+    self.mean = nnx.BatchStat(ZEROS(None, n, jnp.float32), initializer=ZEROS)
+    self.var = nnx.BatchStat(ONES(None, n, jnp.float32), initializer=ONES)
     self.momentum = momentum
     self.epsilon = epsilon
     self.dtype = dtype
@@ -158,9 +217,9 @@ class ConvBN(nnx.Module):
       padding = 'SAME'
     else:
       padding = tuple(((k - 1) // 2, (k - 1) // 2) for k in kernel_size)
-    init = _relu_init if spec.activation else _linear_init
+    init = RELU_CONV if spec.activation else LINEAR_CONV
     common = dict(use_bias=False, dtype=num.dtype, param_dtype=num.param_dtype,
-                  kernel_init=init, rngs=rngs)
+                  rngs=rngs, **init_args(init))
     if isinstance(spec, specs.SeparableConv):
       mid = in_channels * spec.depth_multiplier
       self.depthwise = nnx.Conv(in_channels, mid, kernel_size, strides=spec.stride,
@@ -375,8 +434,7 @@ class GoogLeNetAux(nnx.Module):
                num: Numerics, *, rngs: nnx.Rngs):
     self.pool = spec.pool
     self.conv = ConvBN(specs.Conv('conv', 128, 1), in_channels, num, rngs=rngs)
-    lin = dict(dtype=num.dtype, param_dtype=num.param_dtype, kernel_init=_linear_init,
-               rngs=rngs)
+    lin = dict(dtype=num.dtype, param_dtype=num.param_dtype, rngs=rngs, **init_args(LINEAR))
     self.fc1 = nnx.Linear(4 * 4 * 128, 1024, **lin)
     self.dropout = nnx.Dropout(0.7, rngs=rngs)
     self.fc2 = nnx.Linear(1024, num_classes, **lin)
@@ -408,8 +466,7 @@ class SlimAux(nnx.Module):
     self.Conv2d_2a_5x5 = ConvBN(specs.Conv('Conv2d_2a_5x5', 768, 5, padding='VALID'),
                                 128, num, rngs=rngs)
     self.Logits = nnx.Linear(768, num_classes, dtype=num.dtype,
-                             param_dtype=num.param_dtype, kernel_init=_linear_init,
-                             rngs=rngs)
+                             param_dtype=num.param_dtype, rngs=rngs, **init_args(LINEAR))
 
   def __call__(self, x: Array) -> Array:
     x = nnx.avg_pool(x, (5, 5), (3, 3), 'VALID')
@@ -427,7 +484,7 @@ class Bottleneck(nnx.Module):
 
   def __init__(self, in_features: int, size: int, num: Numerics, *, rngs: nnx.Rngs):
     self.fc = nnx.Linear(in_features, size, use_bias=False, dtype=num.dtype,
-                         param_dtype=num.param_dtype, kernel_init=_linear_init, rngs=rngs)
+                         param_dtype=num.param_dtype, rngs=rngs, **init_args(LINEAR))
     self.bn = BatchNorm(size, momentum=num.bn_momentum, epsilon=num.bn_eps,
                         use_scale=num.bn_scale, dtype=num.dtype,
                         param_dtype=num.param_dtype)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 from typing import Any
 
 import jax
@@ -34,6 +35,100 @@ BASE_DEFAULTS = dict(
 
 OPTIONS = ('num_classes', 'include_top', 'pooling', 'dtype', 'param_dtype',
            'in_channels') + tuple(BASE_DEFAULTS)
+
+
+def _dtype_name(dtype: Any, what: str) -> str:
+  try:
+    return jnp.dtype(dtype).name
+  except TypeError:
+    raise ValueError(f"{what} must be a dtype such as 'float32' or jnp.bfloat16, got "
+                     f'{dtype!r}') from None
+
+
+class _ModelConfigMethods:
+  """Methods of ``ModelConfig`` (its fields are generated from ``OPTIONS``)."""
+
+  @classmethod
+  def for_arch(cls, spec: specs.ArchSpec, *, num_classes: int | None = None,
+               include_top: bool = True, pooling: str | None = 'avg',
+               dtype: Any = 'float32', param_dtype: Any = 'float32', in_channels: int = 3,
+               **options: Any) -> 'ModelConfig':
+    """The options ``spec`` is built with: defaults resolved, every option checked.
+
+    Args:
+      spec: the architecture table.
+      num_classes: classifier width (None: 1000); recorded as None without a top.
+      include_top, pooling, dtype, param_dtype, in_channels: as for ``create_model``.
+      **options: ``BASE_DEFAULTS`` options; None (or absent) means the
+        architecture's default (``spec.defaults``, else ``BASE_DEFAULTS``). ``arch``
+        is accepted when it names ``spec``, so that ``to_dict()`` round-trips.
+
+    Raises:
+      ValueError: an unknown option or a value or combination that cannot be built.
+    """
+    arch = options.pop('arch', spec.name)
+    if arch != spec.name:
+      raise ValueError(f'a config of {arch} given for architecture {spec.name}')
+    unknown = sorted(set(options) - set(BASE_DEFAULTS))
+    if unknown:
+      raise ValueError(f'{spec.name}: unknown option(s) {unknown}; valid options are '
+                       f'{sorted(OPTIONS)}')
+    opts = {**BASE_DEFAULTS, **spec.defaults}
+    opts.update({k: v for k, v in options.items() if v is not None})
+    if num_classes is None:
+      num_classes = 1000
+    if pooling not in ('avg', 'max', None):
+      raise ValueError(f"pooling must be 'avg', 'max' or None, got {pooling!r}")
+    if include_top and pooling is None:
+      raise ValueError("include_top=True needs pooling='avg' or 'max' (pooling=None "
+                       'only returns the feature map, with include_top=False)')
+    if include_top and (not isinstance(num_classes, int) or isinstance(num_classes, bool)
+                        or num_classes < 1):
+      raise ValueError(f'num_classes must be a positive int, got {num_classes!r}')
+    if opts['padding'] not in ('tf', 'symmetric'):
+      raise ValueError(f"padding must be 'tf' or 'symmetric', got {opts['padding']!r}")
+    kernels.check(opts['kernels'])
+    if not 0.0 <= opts['dropout_rate'] < 1.0:
+      raise ValueError(f"dropout_rate must be in [0, 1), got {opts['dropout_rate']}")
+    emb = opts['embedding_size']
+    if emb is not None and (not isinstance(emb, int) or isinstance(emb, bool) or emb < 1):
+      raise ValueError(f'embedding_size must be a positive int or None, got {emb!r}')
+    if emb is not None and pooling is None:
+      raise ValueError("embedding_size needs pooling='avg' or 'max' (the bottleneck "
+                       'reads the pooled features)')
+    if opts['aux_logits'] and not spec.aux_heads:
+      raise ValueError(f'{spec.name} has no auxiliary classifier; drop aux_logits=True')
+    if opts['aux_logits'] and not include_top:
+      if options.get('aux_logits'):
+        raise ValueError('aux_logits=True needs include_top=True')
+      opts['aux_logits'] = False  # an architecture default (GoogLeNet); no head, no aux
+    return cls(arch=spec.name, num_classes=num_classes if include_top else None,
+               include_top=bool(include_top), pooling=pooling,
+               dtype=_dtype_name(dtype, 'dtype'),
+               param_dtype=_dtype_name(param_dtype, 'param_dtype'),
+               in_channels=in_channels, **opts)
+
+  def to_dict(self) -> dict[str, Any]:
+    """The fields as a JSON-friendly dict (dtypes by name, e.g. 'float32')."""
+    return dataclasses.asdict(self)
+
+
+ModelConfig = dataclasses.make_dataclass(
+    'ModelConfig',
+    [('arch', str), ('num_classes', 'int | None'), ('include_top', bool),
+     ('pooling', 'str | None'), ('dtype', str), ('param_dtype', str),
+     ('in_channels', int)] + [(k, Any) for k in BASE_DEFAULTS],
+    bases=(_ModelConfigMethods,), frozen=True)
+ModelConfig.__module__ = __name__
+ModelConfig.__doc__ = """The options a network was built with, resolved and checked (frozen).
+
+``model.config``. Fields: ``arch``, ``num_classes`` (None without a top),
+``include_top``, ``pooling``, ``dtype`` and ``param_dtype`` (names: 'float32'),
+``in_channels``, and one field per ``BASE_DEFAULTS`` option, resolved with the
+architecture's ``spec.defaults``. Build one with ``ModelConfig.for_arch(spec,
+**options)``; equal options give equal configs, and ``create_model(**rest)`` of
+``to_dict()`` (without ``arch``) rebuilds the same network.
+"""
 
 
 @struct.dataclass
@@ -70,60 +165,25 @@ class Inception(nnx.Module):
   ``include_top=False`` the model returns it L2-normalised (the face embedding).
   """
 
-  def __init__(self, spec: specs.ArchSpec, *, rngs: nnx.Rngs, num_classes: int = 1000,
-               include_top: bool = True, pooling: str | None = 'avg',
-               dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-               in_channels: int = 3, **options):
-    unknown = sorted(set(options) - set(BASE_DEFAULTS))
-    if unknown:
-      raise TypeError(f'{spec.name}: unknown option(s) {unknown}; valid options are '
-                      f'{sorted(OPTIONS)}')
-    opts = {**BASE_DEFAULTS, **spec.defaults}
-    opts.update({k: v for k, v in options.items() if v is not None})
-    if pooling not in ('avg', 'max', None):
-      raise ValueError(f"pooling must be 'avg', 'max' or None, got {pooling!r}")
-    if include_top and pooling is None:
-      raise ValueError("include_top=True needs pooling='avg' or 'max' (pooling=None "
-                       'only returns the feature map, with include_top=False)')
-    if include_top and (not isinstance(num_classes, int) or num_classes < 1):
-      raise ValueError(f'num_classes must be a positive int, got {num_classes!r}')
-    if opts['padding'] not in ('tf', 'symmetric'):
-      raise ValueError(f"padding must be 'tf' or 'symmetric', got {opts['padding']!r}")
-    kernels.check(opts['kernels'])
-    if not 0.0 <= opts['dropout_rate'] < 1.0:
-      raise ValueError(f"dropout_rate must be in [0, 1), got {opts['dropout_rate']}")
-    emb = opts['embedding_size']
-    if emb is not None and (not isinstance(emb, int) or isinstance(emb, bool) or emb < 1):
-      raise ValueError(f'embedding_size must be a positive int or None, got {emb!r}')
-    if emb is not None and pooling is None:
-      raise ValueError("embedding_size needs pooling='avg' or 'max' (the bottleneck "
-                       'reads the pooled features)')
-    if opts['aux_logits'] and not spec.aux_heads:
-      raise ValueError(f'{spec.name} has no auxiliary classifier; drop aux_logits=True')
-    if opts['aux_logits'] and not include_top:
-      if options.get('aux_logits'):
-        raise ValueError('aux_logits=True needs include_top=True')
-      opts['aux_logits'] = False  # an architecture default (GoogLeNet); no head, no aux
-
+  def __init__(self, spec: specs.ArchSpec, *, rngs: nnx.Rngs, **options):
+    config = ModelConfig.for_arch(spec, **options)
+    self.config = config
     self.arch = spec.name
     self.default_size = spec.default_size
-    self.num_classes = num_classes if include_top else None
-    self.include_top = include_top
-    self.pooling = pooling
-    self.in_channels = in_channels
-    self.dtype = dtype
+    self.num_classes = config.num_classes
+    self.include_top = include_top = config.include_top
+    self.pooling = config.pooling
+    self.in_channels = in_channels = config.in_channels
+    self.dtype = dtype = jnp.dtype(config.dtype)
+    param_dtype = jnp.dtype(config.param_dtype)
     self.deterministic = True  # flipped by model.train() / model.eval()
-    num = layers.Numerics(
-        padding=opts['padding'], count_include_pad=opts['count_include_pad'],
-        batch_norm=opts['batch_norm'], bn_eps=opts['bn_eps'],
-        bn_momentum=opts['bn_momentum'], bn_scale=opts['bn_scale'],
-        conv_bias=opts['conv_bias'], scan_blocks=opts['scan_blocks'],
-        kernels=opts['kernels'], dtype=dtype, param_dtype=param_dtype)
+    num = layers.Numerics(**{
+        **{f.name: getattr(config, f.name) for f in dataclasses.fields(layers.Numerics)},
+        'dtype': dtype, 'param_dtype': param_dtype})
     self.numerics = num
-    self.options = tuple(sorted(opts.items()))  # static (hashable) record
     self.min_input_size = spec.min_input_size(num.padding)
     self.min_input_size_aux = (spec.min_input_size(num.padding, aux=True)
-                               if opts['aux_logits'] else self.min_input_size)
+                               if config.aux_logits else self.min_input_size)
 
     channels = spec.channels(in_channels)
     c = in_channels
@@ -134,7 +194,8 @@ class Inception(nnx.Module):
     self.num_features = c
 
     self.aux_names = ()
-    if opts['aux_logits']:
+    num_classes, emb = config.num_classes, config.embedding_size
+    if config.aux_logits:
       for head in spec.aux_heads:
         setattr(self, head.name, layers.AUX_HEADS[head.kind](
             head, channels[head.endpoint], num_classes, num, rngs=rngs))
@@ -142,11 +203,11 @@ class Inception(nnx.Module):
     self.embedding_size = emb
     # FaceNet: pooled -> dropout -> Bottleneck (-> L2 norm | -> Logits).
     self.Bottleneck = layers.Bottleneck(c, emb, num, rngs=rngs) if emb else None
-    self.dropout = (nnx.Dropout(opts['dropout_rate'], rngs=rngs)
+    self.dropout = (nnx.Dropout(config.dropout_rate, rngs=rngs)
                     if include_top or emb else None)
     if include_top:
       self.Logits = nnx.Linear(emb or c, num_classes, dtype=dtype, param_dtype=param_dtype,
-                               kernel_init=layers._linear_init, rngs=rngs)
+                               rngs=rngs, **layers.init_args(layers.LINEAR))
     else:
       self.Logits = None
     self.eval()

@@ -1,4 +1,4 @@
-"""Pretrained weights: one ``PretrainedCfg`` per ``arch.tag`` and strict loading.
+"""Pretrained weights: one ``PretrainedCfg`` per ``arch.tag``, and reading their files.
 
 A tag names one published set of ImageNet weights (``inception_v3.tf_in1k``). Its
 cfg holds the facts needed to use them: the network options that make this
@@ -6,8 +6,9 @@ implementation compute what the source library computes (padding rule,
 ``count_include_pad``, BN scale and epsilon), the label space, the evaluation
 preprocessing and where the upstream file comes from. The weights themselves are
 converted once, offline, by ``python -m third_party_weights.convert`` into the
-project format (``inception_jax.weights``); this module only loads converted files
-(it never downloads, and never imports torch or tensorflow).
+project format (``inception_jax.weights``); this module only reads converted files
+and says what to build from them (``load_weights``; ``factory.create_model``
+builds), it never downloads, and never imports torch or tensorflow.
 
 torchvision's ``transform_input``: torchvision GoogLeNet and Inception-v3 weights
 expect ImageNet mean/std-normalised input and internally map it back to
@@ -25,10 +26,6 @@ import fnmatch
 import os
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-from flax import nnx
-
 from inception_jax import registry
 from inception_jax import weights as weights_lib
 
@@ -37,8 +34,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 INCEPTION_MEAN = (0.5, 0.5, 0.5)  # x / 127.5 - 1: TF-slim, Keras 'tf' mode
 INCEPTION_STD = (0.5, 0.5, 0.5)
 
-# Options that make a port exact, per source library (architectures.md sections 0.2,
-# 0.3): TF-slim / Keras checkpoints have no BN scale; torch ports carry gamma.
+# Options that make a port exact, per source library (each library's Inception
+# source): TF-slim / Keras checkpoints have no BN scale; torch ports carry gamma.
 _TORCH_V3 = (('bn_eps', 1e-3), ('bn_scale', True), ('count_include_pad', True),
              ('padding', 'tf'))  # every strided op is VALID: tf == symmetric here
 _TIMM_TF = (('bn_eps', 1e-3), ('bn_scale', True), ('count_include_pad', False),
@@ -322,12 +319,6 @@ _CFGS += (
 
 _BY_NAME = {c.name: c for c in _CFGS}
 
-# Classifier parameters: their shape depends on num_classes.
-CLASSIFIER_KEYS = (r'Logits/.*', r'AuxLogits/Logits/.*', r'aux1/fc2/.*', r'aux2/fc2/.*')
-# Auxiliary heads (present only with aux_logits=True).
-AUX_PREFIXES = ('AuxLogits/', 'aux1/', 'aux2/')
-
-
 def list_pretrained(pattern: str | None = None) -> list[str]:
   """Names ``arch.tag`` of all pretrained weights, sorted; ``pattern`` is fnmatch."""
   return sorted(n for n in _BY_NAME if pattern is None or fnmatch.fnmatch(n, pattern))
@@ -388,72 +379,30 @@ def _resolve(name: str, path: str | None, include_top: bool = True
   return cfg, path, arrays, config
 
 
-def _build_loaded(make, arrays: dict, *, skip: list[str], source: str,
-                  rngs: nnx.Rngs):
-  """``make(rngs)`` filled from ``arrays``, without running the initialisers.
-
-  The network is traced abstractly (``nnx.eval_shape``), checked strictly against
-  the file, and its variables are set from the file. Only what the file does not
-  provide is initialised: the skipped (re-initialised) classifier, in one jitted
-  program from which XLA drops every other initialiser, and the dropout RNG
-  streams. Running all initialisers eagerly costs one XLA compile per parameter
-  shape (about a minute for Inception-v3 on a laptop CPU); this takes seconds.
-  """
-  base = rngs.params()
-  abstract = nnx.eval_shape(lambda: make(nnx.Rngs(base)))
-  skipped = set(weights_lib.check(abstract, arrays, skip=skip, source=source))
-  graphdef, state = nnx.split(abstract)
-  flat = nnx.to_flat_state(state)
-  key = lambda path: '/'.join(str(getattr(p, 'key', p)) for p in path)
-  fresh = [key(p) for p, v in flat
-           if isinstance(v, weights_lib.WEIGHT_KINDS) and key(p) in skipped]
-  if fresh:
-    def init_fresh(k):
-      values = weights_lib.flat_state(make(nnx.Rngs(k)))
-      return {name: values[name][...] for name in fresh}
-    init = jax.jit(init_fresh)(base)
-  n_keys = 0
-  for path, var in flat:
-    name = key(path)
-    if isinstance(var, weights_lib.WEIGHT_KINDS):
-      value = init[name] if name in skipped else jnp.asarray(arrays[name], var.dtype)
-    elif isinstance(var, nnx.RngKey):
-      value = jax.random.fold_in(base, n_keys)
-      n_keys += 1
-    elif isinstance(var, nnx.RngCount):
-      value = jnp.zeros(var.shape, var.dtype)
-    else:
-      raise TypeError(f'cannot materialise {name} ({type(var).__name__})')
-    var.set_value(value)
-  return nnx.merge(graphdef, nnx.from_flat_state(flat))
-
-
-def create_pretrained(name: str, *, path: str | None = None, num_classes: int | None = None,
-                      rngs: nnx.Rngs | None = None, **options: Any):
-  """Builds ``arch`` with the options of a tag and loads converted weights strictly.
+def load_weights(name: str, *, path: str | None = None, num_classes: int | None = None,
+                 **options: Any) -> tuple[PretrainedCfg, weights_lib.Loaded]:
+  """Reads the converted weights of a tag and fits them to the requested options.
 
   Args:
     name: ``arch.tag`` (``inception_v3.tf_in1k``) or ``arch`` with ``path``.
     path: converted weight file; default: the tag's file in ``cache_dir()``.
     num_classes: classifier width (None: the file's: 1000, or 1001 for a TF-slim file
       converted with its background class). A value different from the file's
-      keeps the backbone and re-initialises the classifier(s) from ``rngs``.
-    rngs: RNGs for re-initialised parameters and dropout.
+      keeps the backbone and leaves the classifier(s) to be initialised.
     **options: model options; the tag's numerics options are the defaults.
       ``include_top=False`` loads a no-top file or a full file without its
       classifier; ``aux_logits=True`` loads the auxiliary heads (an error when the
       file has none).
 
   Returns:
-    An ``Inception`` in eval mode.
+    The file's cfg (its class count and label offset) and what to build: the
+    architecture, its options, the arrays and the keys the file does not provide.
 
   Raises:
     WeightLoadError: the file is for another architecture or tag, is corrupt, or
       does not fit the requested options.
     FileNotFoundError: no converted file (the message gives the command).
   """
-  if rngs is None:
-    rngs = nnx.Rngs(0)
   cfg, path, arrays, config = _resolve(name, path, options.get('include_top', True))
   opts = {**dict(cfg.options), **options}
   include_top = opts.get('include_top', True)
@@ -465,7 +414,7 @@ def create_pretrained(name: str, *, path: str | None = None, num_classes: int | 
   if num_classes is None:
     num_classes = file_classes
   file_has_top = 'Logits/kernel' in arrays
-  file_has_aux = any(k.startswith(AUX_PREFIXES) for k in arrays)
+  file_has_aux = any(k.startswith(weights_lib.AUX_PREFIXES) for k in arrays)
 
   if opts.get('aux_logits') and not file_has_aux:
     why = ('the published weights have no trained auxiliary heads' if not cfg.has_aux
@@ -479,17 +428,13 @@ def create_pretrained(name: str, *, path: str | None = None, num_classes: int | 
         f'{path} has no classifier (a no-top file): pass include_top=False for '
         'features, or num_classes=N for a new randomly initialised classifier')
 
-  skip = []
+  skip = ()
   if not include_top or num_classes != file_classes:
-    skip += list(CLASSIFIER_KEYS)
+    skip = weights_lib.CLASSIFIER_KEYS
   if not include_top:
     arrays = {k: v for k, v in arrays.items()
-              if not k.startswith('Logits/') and not k.startswith(AUX_PREFIXES)}
+              if not k.startswith('Logits/') and not k.startswith(weights_lib.AUX_PREFIXES)}
   if not opts.get('aux_logits'):
-    arrays = {k: v for k, v in arrays.items() if not k.startswith(AUX_PREFIXES)}
-
-  model = _build_loaded(
-      lambda r: registry.create_model(cfg.arch, num_classes=num_classes, rngs=r, **opts),
-      arrays, skip=skip, source=path, rngs=rngs)
-  model.pretrained_cfg = cfg
-  return model
+    arrays = {k: v for k, v in arrays.items() if not k.startswith(weights_lib.AUX_PREFIXES)}
+  return cfg, weights_lib.Loaded(cfg.arch, {**opts, 'num_classes': num_classes}, arrays,
+                                 skip, path)

@@ -252,11 +252,15 @@ class AuxHead:
       dropout 0.7, FC) or 'slim' (5x5/3 avg pool, 1x1 conv 128, 5x5 conv 768,
       global average, FC) as in TF-slim v3/v4/IR-v2.
     pool: for 'googlenet': 'avg5x5s3' (paper) or 'adaptive4' (torchvision).
+    loss_weight: weight of this head's loss in the training loss (the main
+      head's weight is 1), as the architecture's source trains it; None: not
+      stated (training then needs an explicit ``aux_loss_weight``).
   """
   name: str
   endpoint: str
   kind: Literal['googlenet', 'slim']
   pool: Literal['avg5x5s3', 'adaptive4'] = 'avg5x5s3'
+  loss_weight: float | None = None
 
   def fits(self, size: int, style: str) -> bool:
     """Whether an endpoint map of this spatial size can feed the head."""

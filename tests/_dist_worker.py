@@ -39,10 +39,10 @@ def tiny_spec():
 
 def tiny_model(seed=0, **options):
   from flax import nnx
-  from inception_jax.model import Inception
+  from inception_jax import factory
   options.setdefault('aux_logits', True)
   options.setdefault('bn_momentum', 0.9)  # running stats settle within the tests' ~20 steps
-  return Inception(tiny_spec(), rngs=nnx.Rngs(seed), num_classes=NUM_CLASSES, **options)
+  return factory.build(tiny_spec(), dict(options, num_classes=NUM_CLASSES), nnx.Rngs(seed))
 
 
 def global_batch(n=8, seed=0):
@@ -57,8 +57,9 @@ def global_batch(n=8, seed=0):
 
 def dist_config():
   from inception_jax import train
-  return train.TrainConfig(optimizer='rmsprop', learning_rate=0.01, schedule='constant',
-                           weight_decay=1e-4, grad_clip=2.0, label_smoothing=0.1)
+  return train.TrainConfig(optimizer='rmsprop_tf', learning_rate=0.01, schedule='constant',
+                           weight_decay=1e-4, grad_clip=2.0, label_smoothing=0.1,
+                           aux_loss_weight=0.4)
 
 
 def main(port, num_processes, process_id, out):

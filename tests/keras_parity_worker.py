@@ -1,7 +1,7 @@
 """Keras side of tests/test_parity_keras.py; runs in its own process.
 
 Keras (JAX backend) may import TensorFlow, which must never share a process with
-torch/timm (environment.md), so the Keras reference lives here and the test process
+torch/timm (importing TensorFlow, then anything that imports triton, segfaults), so the Keras reference lives here and the test process
 only reads what this writes. For each architecture it builds the Keras model with and
 without the classifier (``weights=None``, logits head), fills every weight with random
 values (BN moving variance positive), and writes to ``OUT/<arch>/``:

@@ -85,3 +85,18 @@ def test_embedding_option_errors():
     ij.create_model('inception_v1_bn', embedding_size=0)
   with pytest.raises(ValueError, match='embedding_size needs pooling'):
     ij.create_model('inception_v1_bn', embedding_size=8, include_top=False, pooling=None)
+
+
+def test_inference_file_keeps_the_embedding_head(tmp_path):
+  """A classifier fine-tuned from FaceNet-style weights reloads with its Bottleneck."""
+  from inception_jax import inference, preprocessing  # pylint: disable=g-import-not-at-top
+  top, _ = _pair(16)
+  path = str(tmp_path / 'best.safetensors')
+  inference.save_classifier(path, top, [f'c{i}' for i in range(5)],
+                            preprocessing.Preprocessing(image_size=40), step=1)
+  clf = ij.load(path)
+  assert clf.model.config.embedding_size == 16
+  x = jax.random.uniform(jax.random.key(2), (2, 40, 40, 3), minval=-1, maxval=1)
+  forward = nnx.jit(lambda m, x: m(x))
+  np.testing.assert_array_equal(np.asarray(forward(clf.model, x)),
+                                np.asarray(forward(top, x)))

@@ -8,6 +8,7 @@ program as a whole is the point.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -117,7 +118,11 @@ def test_flag_errors_come_before_tensorflow(tmp_path):
   for kw, want in [(dict(image_size=2), '--image_size=2 is below the minimum input of '
                     'tiny_test_net (3); use --image_size=3 or more'),
                    (dict(dataset=f'folder:{tmp_path}/nope'), 'no such directory'),
-                   (dict(learning_rate=-1), '--learning_rate=-1.0 is invalid')]:
+                   (dict(learning_rate=-1), '--learning_rate=-1.0 is invalid'),
+                   (dict(schedule='plateau', validation_split=0.0),
+                    '--schedule=plateau needs validation data'),
+                   (dict(class_weight='cat=heavy'), "--class_weight='cat=heavy': use"),
+                   (dict(monitor='val_f1'), 'value should be one of')]:
     t0 = time.time()
     r = subprocess.run([sys.executable, '-c', RUN_MAIN] +
                        _cli_args(**{**TINY, 'workdir': tmp_path / 'w', **kw}),
@@ -271,3 +276,272 @@ def test_auto_bn_momentum_fits_the_run_length(steps, expected):
   with flagsaver.flagsaver(bn_momentum='1.5'):
     with pytest.raises(finetune.RunError, match='bn_momentum'):
       finetune._bn_momentum('tiny_test_net', steps)
+
+
+# ------------------------------------------------------- early stopping, plateau
+
+
+def _script_validation(monkeypatch, by_step, metric='val_loss'):
+  """finetune.evaluate with ``metric`` replaced at the given steps (the decisions
+  become known in advance); everything else is real."""
+  real = finetune.evaluate
+  calls = []
+
+  def evaluate(eval_step, state, mesh, pipe, num_classes):
+    val, cm = real(eval_step, state, mesh, pipe, num_classes)
+    step = int(np.asarray(state.step.addressable_data(0)))
+    calls.append((step, dict(val)))
+    if step in by_step:
+      val = dict(val, **{metric: by_step[step]})
+    return val, cm
+
+  monkeypatch.setattr(finetune, 'evaluate', evaluate)
+  return calls
+
+
+# val_loss at each evaluation (every 2 steps). With patience 4 (early stopping) and 1
+# (plateau, factor 0.5): step 4 is the best; steps 6, 8, 10 halve the rate (no
+# improvement, patience 1); at step 12 the fourth evaluation without improvement
+# stops the run, and the model of step 4 is restored.
+SCRIPT = {2: 1.0, 4: 0.9, 6: 0.95, 8: 0.96, 10: 0.97, 12: 0.98, 14: 0.99, 16: 1.0,
+          18: 1.0, 20: 1.0}
+CALLBACK_FLAGS = dict(steps=20, eval_every=2, checkpoint_every=2, monitor='val_loss',
+                      early_stopping_patience=4, schedule='plateau', plateau_patience=1,
+                      plateau_factor=0.5, plateau_min_delta=0.0, learning_rate=0.01)
+
+
+@pytest.fixture
+def colours(tmp_path):
+  from test_runs import make_folder  # pylint: disable=g-import-not-at-top
+  root = make_folder(tmp_path / 'colours')
+  return dict(dataset=f'folder:{root}', cache_dir=str(tmp_path / 'cache'), batch_size=16)
+
+
+@pytest.mark.slow
+def test_early_stopping_and_plateau_restore_the_best_and_resume_exactly(
+    tmp_path, colours, monkeypatch):
+  import inception_jax as ij  # pylint: disable=g-import-not-at-top
+  calls = _script_validation(monkeypatch, SCRIPT)
+  ref = run_inprocess(tmp_path / 'ref', **colours, **CALLBACK_FLAGS)
+  assert ref['stopped_at'] == 12 and ref['final_step'] == 4
+  steps = _rows(tmp_path / 'ref' / 'metrics' / 'steps.jsonl')
+  assert [r['step'] for r in steps] == list(range(1, 13))
+  want_lr = [0.01] * 6 + [0.005] * 2 + [0.0025] * 2 + [0.00125] * 2
+  np.testing.assert_allclose([r['lr'] for r in steps], want_lr, rtol=1e-6)
+  record = json.loads((tmp_path / 'ref' / 'run.json').read_text())
+  assert record['status'] == 'stopped early'
+  assert record['stopped_early']['step'] == 12 and record['best']['step'] == 4
+  # The reports describe the restored model of step 4, as evaluated at step 4.
+  real_at_4 = [v for step, v in calls if step == 4][0]
+  final = record['final']
+  assert final['step'] == 4 and final['restored'] is True
+  assert final['val_top1'] == real_at_4['val_top1'] and final['val_loss'] == 0.9
+  assert ij.load(str(tmp_path / 'ref')).info['step'] == 4
+  summary = (tmp_path / 'ref' / 'summary.md').read_text()
+  assert 'the best by val_loss, restored: epoch 2 (step 4)' in summary
+  assert 'early stopping | stopped at step 12' in summary
+  ref_evals = _rows(tmp_path / 'ref' / 'metrics' / 'evals.jsonl')
+
+  # Interrupted during step 7 (the last checkpoint is step 6, after the first
+  # reduction), then resumed: the callbacks continue exactly.
+  make = train_lib.make_train_step
+
+  def dies_at_step_7(*a, **k):
+    step = make(*a, **k)
+    count = [0]
+
+    def run(*b):
+      count[0] += 1
+      if count[0] == 7:
+        raise KeyboardInterrupt
+      return step(*b)
+    return run
+
+  monkeypatch.setattr(train_lib, 'make_train_step', dies_at_step_7)
+  with pytest.raises(KeyboardInterrupt):
+    run_inprocess(tmp_path / 'b', **colours, **CALLBACK_FLAGS)
+  monkeypatch.setattr(train_lib, 'make_train_step', make)
+  assert checkpoint_lib.CheckpointManager(tmp_path / 'b' / 'checkpoints').latest_step() == 6
+  out = run_inprocess(tmp_path / 'b', **colours, **CALLBACK_FLAGS)
+  assert (out['stopped_at'], out['final_step']) == (12, 4)
+  rows = _rows(tmp_path / 'b' / 'metrics' / 'steps.jsonl')
+  assert [r['step'] for r in rows] == list(range(1, 13))
+  for a, b in zip(rows, steps):
+    for k in ('loss', 'lr'):
+      np.testing.assert_allclose(a[k], b[k], rtol=1e-5, err_msg=f'step {a["step"]} {k}')
+  evals = _rows(tmp_path / 'b' / 'metrics' / 'evals.jsonl')
+  assert [e['step'] for e in evals] == [e['step'] for e in ref_evals] == [2, 4, 6, 8, 10, 12]
+  np.testing.assert_allclose([e['val_top1'] for e in evals],
+                             [e['val_top1'] for e in ref_evals], rtol=1e-6)
+  # A stopped run is complete: resuming it trains nothing.
+  again = run_inprocess(tmp_path / 'b', **colours, **CALLBACK_FLAGS)
+  assert again['complete']
+
+
+# val_top1 (the default --monitor) at each evaluation: 0.8 first at step 6, tied at
+# steps 8 and 12. Evaluations every 2 steps, checkpoints every 4 (step 6 is off the
+# checkpoint grid), one recent checkpoint kept.
+TIE_SCRIPT = {2: 0.5, 4: 0.6, 6: 0.8, 8: 0.8, 10: 0.7, 12: 0.8}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('restore_best', [False, True])
+def test_a_tie_keeps_the_first_best_everywhere(tmp_path, colours, monkeypatch,
+                                               restore_best):
+  """run.json's best, best.safetensors, the kept checkpoint and (with
+  --restore_best) the restored model are all step 6: a tie is no improvement."""
+  import inception_jax as ij  # pylint: disable=g-import-not-at-top
+  _script_validation(monkeypatch, TIE_SCRIPT, metric='val_top1')
+  workdir = tmp_path / 'w'
+  out = run_inprocess(workdir, **colours, steps=12, eval_every=2, checkpoint_every=4,
+                      keep_checkpoints=1, restore_best=restore_best)
+  record = json.loads((workdir / 'run.json').read_text())
+  assert record['best']['step'] == out['best']['step'] == 6
+  assert record['best']['epoch'] == 3.0 and record['best']['val_top1'] == 0.8
+  clf = ij.load(str(workdir))
+  assert clf.info['step'] == 6
+  ckpt = checkpoint_lib.CheckpointManager(workdir / 'checkpoints')
+  assert ckpt.all_steps() == [6, 12] and ckpt.best_step() == 6
+  # The inference file is the weights of that checkpoint.
+  from_ckpt = ij.load(str(workdir), checkpoint=6)
+  x = np.random.default_rng(0).normal(size=(2, 24, 24, 3)).astype(np.float32)
+  np.testing.assert_array_equal(np.asarray(clf.model(x)), np.asarray(from_ckpt.model(x)))
+  final = record['final']
+  if restore_best:
+    assert (final['step'], final['restored'], final['val_top1']) == (6, True, 0.8)
+    assert out['final_step'] == 6
+  else:
+    assert (final['step'], final['restored']) == (12, False)
+  # experiments.evaluate of that step gives the inference file's numbers.
+  from experiments import evaluate  # pylint: disable=g-import-not-at-top
+  at_best = evaluate.run(['evaluate', f'--run={workdir}', '--checkpoint=6'])
+  best_file = evaluate.run(['evaluate', f'--run={workdir}'])
+  np.testing.assert_allclose(at_best['log_probs'], best_file['log_probs'], atol=1e-6)
+
+
+def test_epoch_lines_and_callback_messages(tmp_path, colours, monkeypatch):
+  """Keras-style lines, without a terminal: metrics, patience counts, new rates."""
+  _script_validation(monkeypatch, SCRIPT)
+  lines = []
+  monkeypatch.setattr(finetune.logging, 'info',
+                      lambda msg, *a: lines.append(str(msg) % a if a else str(msg)))
+  run_inprocess(tmp_path / 'w', **colours, **dict(CALLBACK_FLAGS, steps=8, eval_every=2))
+  text = '\n'.join(lines)
+  # 36 training images, batch 16: 2 steps per epoch, so every evaluation ends an epoch.
+  assert re.search(r'Epoch 3/4 - \d+s \d+ms/step - loss: \d\.\d{4} - accuracy: '
+                   r'\d\.\d{4} - val_loss: 0\.9500 - val_accuracy: \d\.\d{4} - '
+                   r'val_top5: \d\.\d{4} - lr: 0\.01\b', text), text
+  assert 'Epoch 2: val_loss improved from 1.0000 to 0.9000' in text
+  assert ('Epoch 3: val_loss did not improve from 0.9000 (0.9500); early stopping '
+          'patience 1/4; ReduceLROnPlateau reducing learning rate to 0.005') in text
+  assert 'lr: 0.005' in text  # epoch 4 trained at the reduced rate
+
+
+def test_class_weight_flag(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  counts = {'blue': 8, 'green': 16, 'red': 24}  # training images per class
+  for c, n in counts.items():
+    for split, k in (('train', n), ('val', 4)):
+      d = tmp_path / 'ds' / split / c
+      d.mkdir(parents=True)
+      for i in range(k):
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(
+            d / f'{i}.png')
+  out = run_inprocess(tmp_path / 'w', dataset=f'folder:{tmp_path}/ds', steps=1,
+                      cache_dir=str(tmp_path / 'cache'), class_weight='balanced')
+  # Keras / scikit-learn 'balanced': n / (n_classes * count) = 48 / (3 * [8, 16, 24]).
+  record = json.loads((tmp_path / 'w' / 'run.json').read_text())
+  assert record['class_weights'] == pytest.approx({'blue': 2.0, 'green': 1.0,
+                                                   'red': 2 / 3})
+  assert out['facts']['class weights'].startswith('balanced')
+
+  class Fake:  # what class_weights_of reads of a dataset
+    name, class_names = 'fake', ['cat', 'dog', 'eel']
+  assert finetune.class_weights_of('dog=3,0=0.5', Fake)[0] == (0.5, 3.0, 1.0)
+  with pytest.raises(finetune.RunError, match="no class 'emu' in fake; its classes: cat"):
+    finetune.class_weights_of('emu=2', Fake)
+  assert finetune.class_weights_of('none', Fake) == (None, 'none')
+
+
+def test_a_run_recorded_with_the_old_rmsprop_is_not_resumed_as_keras_rmsprop(tmp_path):
+  """flags.json from before the rename: optimizer=rmsprop meant the TF RMSProp."""
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS(['finetune'])
+  w = tmp_path / 'old'
+  w.mkdir()
+  with flagsaver.flagsaver(**TINY, optimizer='rmsprop', workdir=str(tmp_path / 'new')):
+    recorded = finetune.check_flags().hparams
+  new_flags = ('monitor', 'early_stopping_patience', 'min_delta', 'restore_best',
+               'class_weight', 'plateau_factor', 'plateau_patience', 'plateau_cooldown',
+               'plateau_min_delta', 'min_learning_rate')
+  old = {k: v for k, v in recorded.items() if k not in new_flags}
+  old['momentum'] = 0.9  # recorded explicitly then (the old default)
+  (w / 'flags.json').write_text(json.dumps(old))
+  with flagsaver.flagsaver(**TINY, optimizer='rmsprop', workdir=str(w)):
+    with pytest.raises(finetune.RunError) as e:
+      finetune.check_flags()
+  msg = str(e.value)
+  assert 'now called rmsprop_tf' in msg and '--optimizer=rmsprop_tf' in msg
+  assert "run: 'rmsprop_tf'" in msg and "now: 'rmsprop'" in msg
+  with flagsaver.flagsaver(**TINY, optimizer='rmsprop_tf', workdir=str(w)):
+    plan = finetune.check_flags()  # the same optimizer: resumed
+  assert plan.resume and plan.run_dir == str(w)
+  # A new run's record says rmsprop and means Keras' RMSprop.
+  (w / 'flags.json').write_text(json.dumps(recorded))
+  with flagsaver.flagsaver(**TINY, optimizer='rmsprop_tf', workdir=str(w)):
+    with pytest.raises(finetune.RunError, match="--optimizer +run: 'rmsprop' +now: "
+                                                "'rmsprop_tf'"):
+      finetune.check_flags()
+
+
+def test_plot_curves_uses_epochs_when_there_are_several(tmp_path, monkeypatch):
+  from experiments import outputs  # pylint: disable=g-import-not-at-top
+  figures = []
+  monkeypatch.setattr(outputs, 'save_figure', lambda fig, path: figures.append(fig))
+  steps = [dict(step=i, loss=1.0 / i, accuracy=0.1, lr=0.01 if i < 7 else 0.001)
+           for i in range(1, 13)]
+  evals = [dict(step=i, train_loss=1.0, train_accuracy=0.5, val_loss=0.5, val_top1=0.5,
+                val_top5=0.9) for i in (4, 8, 12)]
+  outputs.plot_curves(str(tmp_path / 'c.png'), steps, evals, steps_per_epoch=4,
+                      best_step=8, stopped_step=12)
+  outputs.plot_curves(str(tmp_path / 'c.png'), steps[:4], evals[:1], steps_per_epoch=4)
+  several, one = figures
+  assert [ax.get_xlabel() for ax in several.axes] == ['epoch'] * 3
+  val_line = [l for l in several.axes[0].lines if l.get_label() == 'val loss'][0]
+  np.testing.assert_allclose(val_line.get_xdata(), [1, 2, 3])  # evaluations at epochs
+  assert several.axes[2].get_title() == 'learning rate'
+  assert [ax.get_xlabel() for ax in one.axes] == ['step'] * 3
+
+
+@pytest.mark.slow
+def test_fine_tuning_from_a_pretrained_file_starts_from_its_values(tmp_path, colours):
+  """--pretrained with a converted inception_v3 file written here (random values)."""
+  import inception_jax as ij  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from inception_jax import weights  # pylint: disable=g-import-not-at-top
+  cfg = ij.get_pretrained_cfg('inception_v3.tf_in1k')
+  abstract = nnx.eval_shape(lambda: ij.create_model('inception_v3', num_classes=1000,
+                                                    **dict(cfg.options)))
+  rng = np.random.default_rng(0)  # values no initialiser produces
+  arrays = {k: (rng.uniform(0.5, 1.5, v.shape) if k.endswith('/var') else
+                rng.normal(0.0, 0.05, v.shape)).astype(np.float32)
+            for k, v in weights.flat_state(abstract).items()}
+  path = tmp_path / 'v3.safetensors'
+  weights.save(str(path), arrays, dict(arch='inception_v3', tag='tf_in1k', num_classes=1000))
+  run = tmp_path / 'run'
+  out = run_inprocess(run, **dict(colours, batch_size=8), arch='inception_v3',
+                      pretrained=str(path), image_size=75, steps=2, freeze='backbone')
+  assert out['steps'] == 2 and np.isfinite(out['val']['val_loss'])
+  record = json.loads((run / 'run.json').read_text())
+  assert record['status'] == 'finished' and record['pretrained'] == 'inception_v3.tf_in1k'
+  trained = weights.to_numpy(ij.load(str(run)).model)
+  backbone = [k for k in arrays if not k.startswith('Logits')
+              and not k.endswith(('/mean', '/var'))]  # BN statistics do train
+  assert len(backbone) > 200
+  for k in backbone:  # frozen: still the file's values after two steps
+    np.testing.assert_array_equal(trained[k], arrays[k], err_msg=k)
+  # BN statistics are not frozen by --freeze: they moved in training.
+  var = 'Mixed_7c/Branch_0/Conv2d_0a_1x1/bn/var'
+  assert not np.array_equal(trained[var], arrays[var])
+  assert trained['Logits/kernel'].shape == (2048, 3)  # a new classifier for 3 classes

@@ -113,7 +113,7 @@ def test_small_forward_train_and_eval(name):
   grads = nnx.jit(nnx.grad(lambda m: jnp.sum(m(x) ** 2)))(model)
   dead = _dead_params(grads)
   assert not dead, f'parameters without gradient: {dead[:5]}'
-  if dict(model.options)['batch_norm']:
+  if model.config.batch_norm:
     changed = [not np.array_equal(a, b)
                for a, b in zip(stats, _snapshot(model, nnx.BatchStat))]
     assert all(changed)
@@ -213,7 +213,7 @@ def test_aux_head_gradients(name):
   spec = ij.get_arch(name)
   model = ij.create_model(name, num_classes=5, aux_logits=True)
   model.train()
-  sizes = spec.endpoint_sizes(spec.default_size, dict(model.options)['padding'])
+  sizes = spec.endpoint_sizes(spec.default_size, model.config.padding)
   channels = spec.channels()
   for head in spec.aux_heads:
     h, w = sizes[head.endpoint]

@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import h5py
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -34,7 +33,7 @@ WORKER = Path(__file__).with_name('keras_parity_worker.py')
 SIZES = {'inception_v3': 299, 'inception_resnet_v2': 235}
 ARCHS = tuple(SIZES)
 KERAS_OPTIONS = dict(bn_scale=False, count_include_pad=False, padding='tf')
-# architectures.md 7.2, measured with Keras 3.15.1: total incl. BN moving statistics
+# keras.applications count_params() with Keras 3.15.1: total incl. BN moving statistics
 KERAS_PARAMS = {('inception_v3', True): 23_851_784, ('inception_v3', False): 21_802_784,
                 ('inception_resnet_v2', True): 55_873_736,
                 ('inception_resnet_v2', False): 54_336_736}
@@ -65,19 +64,11 @@ _MODELS = {}
 
 
 def _model(arch, include_top, kernels='auto'):
-  """Our network with Keras' numerics, built once per (arch, include_top, kernels).
-
-  Every weight is overwritten by a strict ``assign``, so the network is traced
-  abstractly and filled with zeros instead of running the random initialisers
-  (minutes of CPU for these sizes).
-  """
+  """Our network with Keras' numerics, built once per (arch, include_top, kernels)."""
   key = arch, include_top, kernels
   if key not in _MODELS:
-    abstract = nnx.eval_shape(lambda: inception_jax.create_model(
-        arch, include_top=include_top, pooling='avg', kernels=kernels, **KERAS_OPTIONS))
-    graphdef, state = nnx.split(abstract)
-    _MODELS[key] = nnx.merge(graphdef, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                                                    state))
+    _MODELS[key] = inception_jax.create_model(
+        arch, include_top=include_top, pooling='avg', kernels=kernels, **KERAS_OPTIONS)
   return _MODELS[key]
 
 

@@ -7,6 +7,7 @@ written with ``weights.save``); real-weight parity lives in test_parity_torch.py
 import dataclasses
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -29,6 +30,7 @@ TAGS = {
     'inception_resnet_v1.vggface2', 'inception_resnet_v1.casia_webface',
     'inception_v3_fid.tf_2015_12_05',
 }
+_COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
 MANIFEST = os.path.join(os.path.dirname(__file__), '..', 'third_party_weights',
                         'manifest.json')
 
@@ -183,7 +185,7 @@ def test_load_is_exact_and_sets_tag_options(v3_files):
   assert set(got) == set(v3_files['arrays'])
   for k, v in v3_files['arrays'].items():
     np.testing.assert_array_equal(got[k], v, err_msg=k)
-  assert dict(m.options)['count_include_pad'] is True
+  assert m.config.count_include_pad is True
   assert m.pretrained_cfg.name == 'inception_v3.tf_in1k'
   assert m.deterministic  # eval mode
   # The dropout RNG stream is materialised and usable (train mode needs it).
@@ -246,6 +248,88 @@ def test_wrong_tag_or_arch_is_a_clear_error(v3_files, tmp_path):
   # Arrays of one tag's options loaded with another's (bn_scale differs).
   with pytest.raises(weights.WeightLoadError, match='unexpected'):
     ij.create_model('inception_v3.tf_in1k', pretrained=v3_files['full'], bn_scale=False)
+
+
+# ---------------------------------------------------------------------------------
+# The one strict check (weights.check): loading, the converter and checkpoints.
+
+def _abstract_v3(**options):
+  return nnx.eval_shape(lambda: ij.create_model('inception_v3', **options))
+
+
+def test_strict_check_names_missing_unexpected_and_misshaped_keys(v3_files):
+  arrays = dict(v3_files['arrays'])
+  del arrays['Mixed_6a/Branch_0/Conv2d_1a_1x1/conv/kernel']
+  arrays['Mixed_9z/conv/kernel'] = np.zeros((1, 1, 8, 8), np.float32)
+  arrays['Mixed_5b/Branch_0/Conv2d_0a_1x1/bn/mean'] = np.zeros(63, np.float32)
+  with pytest.raises(weights.WeightLoadError) as e:
+    weights.check(_abstract_v3(), arrays, source='f.safetensors')
+  msg = str(e.value)
+  assert msg.splitlines()[0] == 'f.safetensors does not fit inception_v3:'
+  assert "missing (1): ['Mixed_6a/Branch_0/Conv2d_1a_1x1/conv/kernel']" in msg
+  assert "unexpected (1): ['Mixed_9z/conv/kernel']" in msg
+  assert ("shape mismatch (1): ['Mixed_5b/Branch_0/Conv2d_0a_1x1/bn/mean: (63,) given, "
+          "(64,) expected']") in msg
+  assert 'Likely cause: a file of another architecture or tag' in msg
+
+
+def _without(arrays, prefix):
+  return {k: v for k, v in arrays.items() if not k.startswith(prefix)}
+
+
+@pytest.mark.parametrize('case,cause', [
+    ('notop', 'the file has no classifier (a no-top file): pass include_top=False'),
+    ('classes', "another number of classes: num_classes=None keeps the file's"),
+    ('aux', 'the model has auxiliary heads the file lacks: drop aux_logits=True'),
+    ('bn_scale', 'BatchNorm scale (gamma) differs'),
+    ('arch', 'a file of another architecture or tag'),
+])
+def test_strict_check_states_the_likely_cause(v3_files, case, cause):
+  full = v3_files['arrays']
+  model, arrays = {
+      'notop': (_abstract_v3(), _without(full, 'Logits/')),
+      'classes': (_abstract_v3(num_classes=7), full),
+      'aux': (_abstract_v3(aux_logits=True), full),
+      'bn_scale': (_abstract_v3(bn_scale=False), full),
+      'arch': (nnx.eval_shape(lambda: ij.create_model('inception_v4')), full),
+  }[case]
+  with pytest.raises(weights.WeightLoadError, match=re.escape(cause)):
+    weights.check(model, arrays)
+
+
+def test_converter_and_checkpoints_use_the_strict_check(v3_files):
+  from third_party_weights import convert  # pylint: disable=g-import-not-at-top
+  convert.check_against_model('inception_v3.tf_in1k', v3_files['arrays'])  # fits
+  bad = _without(v3_files['arrays'], 'Mixed_7c/Branch_3/')
+  with pytest.raises(weights.WeightLoadError,
+                     match=r'converted for inception_v3.tf_in1k does not fit inception_v3:'
+                           r'\n  missing \(5\)'):
+    convert.check_against_model('inception_v3.tf_in1k', bad)
+  # A train state against a checkpoint's stored shapes (checkpoint.py), partial read.
+  with pytest.raises(weights.WeightLoadError, match=r'(?s)checkpoint 3 .*shape mismatch.*'
+                     r'different architecture, num_classes'):
+    weights.check({'params.a': (2,), 'params.b': (3,)}, {'params.a': (2,), 'params.b': (4,),
+                                                         'opt_state.c': (1,)},
+                  source='checkpoint 3 in d', allow_unexpected=True,
+                  cause='a different architecture, num_classes')
+
+
+def test_loading_initialises_only_what_the_file_lacks(v3_files):
+  """Loading compiles no initialiser; a new classifier is the one draw."""
+  names = []
+  listener = lambda event, duration, **kw: (
+      names.append(kw.get('fun_name')) if event == _COMPILE_EVENT else None)
+  nnx.Rngs(0).params()  # the RNG stream's own programs, compiled once per process
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    m = ij.create_model('inception_v3.tf_in1k', pretrained=v3_files['full'])
+    assert names == []
+    m11 = ij.create_model('inception_v3.tf_in1k', pretrained=v3_files['full'],
+                          num_classes=11)  # a draw of a size not compiled before
+    assert names == ['jit(_truncated_normal)']
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert m.Logits.kernel.shape == (2048, 1000) and m11.Logits.kernel.shape == (2048, 11)
 
 
 def test_truncated_file_is_a_clear_error(v3_files, tmp_path):

@@ -224,7 +224,7 @@ def test_freeze_marks_match_what_the_train_step_updates():
   """
   freeze = 'Mixed_6a'
   cfg = train.TrainConfig(optimizer='sgd', learning_rate=0.1, schedule='constant',
-                          freeze=freeze)
+                          freeze=freeze, aux_loss_weight=0.4)  # the tiny table is unregistered
   mesh = train.make_mesh(1)
   graphdef, state = train.create_train_state(tiny.tiny_model(), cfg, mesh)
   step = train.make_train_step(graphdef, cfg, mesh)

