@@ -12,7 +12,8 @@ import pytest
 from flax import nnx
 
 import inception_jax
-from experiments import benchmark
+from experiments.bench import peaks
+from experiments.bench import report as bench_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,7 +63,7 @@ def test_ratios_and_mfu_from_records():
   timm = {'framework': 'timm', 'arch': 'a', 'dtype': 'float32', 'batch': 8,
           'image_size': 299, 'infer_images_per_s': 4.0, 'train_images_per_s': 4.0}
   report = {'meta': meta, 'records': [ours, timm]}
-  benchmark._add_derived(report)  # pylint: disable=protected-access
+  bench_report.add_derived(report)
   assert timm['ours_over_this_infer'] == pytest.approx(2.5)
   assert timm['ours_over_this_train'] == pytest.approx(0.5)
   assert ours['mfu_infer'] == pytest.approx(10 * 2e9 / 100e9)  # 20%
@@ -71,7 +72,7 @@ def test_ratios_and_mfu_from_records():
 
 
 def test_cpu_peak_states_its_formula():
-  peak = benchmark.cpu_peak(2)
+  peak = peaks.cpu_peak(2)
   assert '2 cores x' in peak['formula'] and 'flop/cycle' in peak['formula']
 
 
@@ -90,7 +91,7 @@ def test_pipeline_worker_times_the_finetune_pipeline(tmp_path):
   impls = [x['impl'] for x in recs]
   assert impls[0] == 'experiments.data training pipeline (crop+flip)'
   assert all(x['images_per_s'] > 0 for x in recs)
-  table = benchmark.render_markdown({'meta': {'cpu_peak': {'formula': '-'}, 'date_utc': '-',
+  table = bench_report.render_markdown({'meta': {'cpu_peak': {'formula': '-'}, 'date_utc': '-',
                                               'platform': 'cpu', 'cpu_threads': 2, 'argv': [],
                                               'bf16_meaning': '-'},
                                      'records': recs})
