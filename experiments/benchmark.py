@@ -52,7 +52,7 @@ from experiments import xla_flags
 from experiments.bench import ours, pipeline
 from experiments.bench.measure import cpu_threads, worker_main
 from experiments.bench.measure import median_step  # noqa: F401  scripts time with bench.median_step
-from experiments.bench.peaks import cpu_peak
+from experiments.bench.peaks import host_cpu_peak
 from experiments.bench.report import add_derived, render_markdown
 from experiments.bench_keras import KERAS_APPS
 
@@ -224,7 +224,7 @@ def main(argv=None) -> dict:
   meta = {
       'date_utc': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
       'argv': sys.argv[1:] if argv is None else list(argv), 'platform': plat,
-      'cpu_threads': threads, 'cpu_peak': cpu_peak(threads),
+      'cpu_threads': threads, 'cpu_peak': host_cpu_peak(threads),
       'python': sys.version.split()[0], 'host': platform.node(),
       'cache_dir': cache_dir if a.compilation_cache_dir else '(temporary)',
       'cache_was_empty': cache_was_empty, 'wall_s': time.time() - t0,
