@@ -11,7 +11,10 @@ from __future__ import annotations
 import os
 import time
 
-from experiments import benchmark as bench
+from experiments.bench import measure
+
+# Architectures that keras.applications has (the benchmark runs only these here).
+KERAS_APPS = {'inception_v3': 'InceptionV3', 'inception_resnet_v2': 'InceptionResNetV2'}
 
 
 def run(cfg: dict, emit) -> None:
@@ -24,7 +27,7 @@ def run(cfg: dict, emit) -> None:
   info = {'platform': jax.devices()[0].platform, 'device_kind': jax.devices()[0].device_kind,
           'keras': keras.__version__}
   for arch in cfg['archs']:
-    app = bench.KERAS_APPS.get(arch)
+    app = KERAS_APPS.get(arch)
     if app is None:
       continue
     size = cfg['image_size'] or cfg['default_sizes'][arch]
@@ -35,7 +38,7 @@ def run(cfg: dict, emit) -> None:
         try:
           emit({**base, **_bench_one(jax, keras, np, app, dtype, batch, size, cfg)})
         except Exception as e:  # pylint: disable=broad-except
-          emit(bench._error(base, e))  # pylint: disable=protected-access
+          emit(measure.error_record(base, e))
 
 
 def _bench_one(jax, keras, np, app, dtype, batch, size, cfg) -> dict:
@@ -48,7 +51,7 @@ def _bench_one(jax, keras, np, app, dtype, batch, size, cfg) -> dict:
   x = rng.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32)
   y = rng.integers(0, 1000, (batch,)).astype(np.int32)
   if 'infer' in cfg['modes']:
-    bench.reset_peak_rss()
+    measure.reset_peak_rss()
     tv = [v.value for v in model.trainable_variables]
     ntv = [v.value for v in model.non_trainable_variables]
 
@@ -61,24 +64,24 @@ def _bench_one(jax, keras, np, app, dtype, batch, size, cfg) -> dict:
     t = time.perf_counter()
     compiled = fwd.lower(tv, ntv, xj).compile()
     rec['compile_infer_s'] = time.perf_counter() - t
-    rec['infer'] = bench.median_step(lambda: compiled(tv, ntv, xj).block_until_ready(),
+    rec['infer'] = measure.median_step(lambda: compiled(tv, ntv, xj).block_until_ready(),
                                      cfg['warmup'], cfg['repeats'])
     rec['infer_images_per_s'] = batch / rec['infer']['median_s']
-    rec['peak_rss_infer_bytes'] = bench.peak_rss_bytes()
+    rec['peak_rss_infer_bytes'] = measure.peak_rss_bytes()
   if 'train' in cfg['modes']:
-    bench.reset_peak_rss()
+    measure.reset_peak_rss()
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     t = time.perf_counter()
     model.train_on_batch(x, y)  # first call compiles
     rec['first_call_train_s'] = time.perf_counter() - t
-    rec['train'] = bench.median_step(lambda: model.train_on_batch(x, y), cfg['warmup'],
+    rec['train'] = measure.median_step(lambda: model.train_on_batch(x, y), cfg['warmup'],
                                      cfg['repeats'])
     rec['train_images_per_s'] = batch / rec['train']['median_s']
-    rec['peak_rss_train_bytes'] = bench.peak_rss_bytes()
-  rec['process_maxrss_bytes'] = bench.process_maxrss_bytes()
+    rec['peak_rss_train_bytes'] = measure.peak_rss_bytes()
+  rec['process_maxrss_bytes'] = measure.process_maxrss_bytes()
   return rec
 
 
 if __name__ == '__main__':
-  bench.worker_main(run)
+  measure.worker_main(run)

@@ -44,7 +44,7 @@ def worker_ours(arch: str, warmup: int, repeats: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from experiments import benchmark as bench  # pylint: disable=g-import-not-at-top
+  from experiments.bench.measure import median_step  # pylint: disable=g-import-not-at-top
   t_import = time.perf_counter()
   m = ij.create_model(arch)
   t_build = time.perf_counter()
@@ -53,7 +53,7 @@ def worker_ours(arch: str, warmup: int, repeats: int) -> dict:
                   jnp.float32)
   f(x).block_until_ready()
   t_first = time.perf_counter()
-  timing = bench.median_step(lambda: f(x).block_until_ready(), warmup, repeats)
+  timing = median_step(lambda: f(x).block_until_ready(), warmup, repeats)
   return {'images_per_s': BATCH / timing['median_s'], 'timing': timing,
           'import_s': t_import - t0, 'create_model_s': t_build - t_import,
           'first_call_s': t_first - t_build, 'xla_flags': os.environ.get('XLA_FLAGS', ''),

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import time
 
-from experiments import benchmark as bench
+from experiments.bench import measure
+
+# Architectures that timm does not have but torchvision does.
+TORCHVISION_MODELS = {'inception_v1': 'googlenet', 'googlenet': 'googlenet'}
 
 
 def _build(arch: str):
   import timm  # pylint: disable=g-import-not-at-top
   if arch in timm.list_models():
     return timm.create_model(arch, pretrained=False, num_classes=1000), f'timm {arch}'
-  if arch in bench.TORCHVISION_MODELS:
+  if arch in TORCHVISION_MODELS:
     import torchvision  # pylint: disable=g-import-not-at-top
-    name = bench.TORCHVISION_MODELS[arch]
+    name = TORCHVISION_MODELS[arch]
     m = getattr(torchvision.models, name)(weights=None, aux_logits=False,
                                           init_weights=False, num_classes=1000)
     return m, f'torchvision {name}'
@@ -48,7 +51,7 @@ def run(cfg: dict, emit) -> None:
             emit({**base, **_bench_one(torch, model, dev, dtype, batch, size, cfg,
                                        compiled)})
           except Exception as e:  # pylint: disable=broad-except
-            emit(bench._error(base, e))  # pylint: disable=protected-access
+            emit(measure.error_record(base, e))
 
 
 def _bench_one(torch, model, dev, dtype, batch, size, cfg, compiled) -> dict:
@@ -69,7 +72,7 @@ def _bench_one(torch, model, dev, dtype, batch, size, cfg, compiled) -> dict:
       torch.cuda.synchronize()
 
   def reset():
-    bench.reset_peak_rss()
+    measure.reset_peak_rss()
     if cuda:
       torch.cuda.reset_peak_memory_stats()
 
@@ -86,9 +89,9 @@ def _bench_one(torch, model, dev, dtype, batch, size, cfg, compiled) -> dict:
     t = time.perf_counter()
     infer()  # first call: torch.compile compiles here
     rec['first_call_infer_s'] = time.perf_counter() - t
-    rec['infer'] = bench.median_step(infer, cfg['warmup'], cfg['repeats'])
+    rec['infer'] = measure.median_step(infer, cfg['warmup'], cfg['repeats'])
     rec['infer_images_per_s'] = batch / rec['infer']['median_s']
-    rec['peak_rss_infer_bytes'] = bench.peak_rss_bytes()
+    rec['peak_rss_infer_bytes'] = measure.peak_rss_bytes()
     if cuda:
       rec['device_peak_bytes'] = torch.cuda.max_memory_allocated()
   if 'train' in cfg['modes']:
@@ -112,14 +115,14 @@ def _bench_one(torch, model, dev, dtype, batch, size, cfg, compiled) -> dict:
     t = time.perf_counter()
     train()
     rec['first_call_train_s'] = time.perf_counter() - t
-    rec['train'] = bench.median_step(train, cfg['warmup'], cfg['repeats'])
+    rec['train'] = measure.median_step(train, cfg['warmup'], cfg['repeats'])
     rec['train_images_per_s'] = batch / rec['train']['median_s']
-    rec['peak_rss_train_bytes'] = bench.peak_rss_bytes()
+    rec['peak_rss_train_bytes'] = measure.peak_rss_bytes()
     if cuda:
       rec['device_peak_bytes'] = torch.cuda.max_memory_allocated()
-  rec['process_maxrss_bytes'] = bench.process_maxrss_bytes()
+  rec['process_maxrss_bytes'] = measure.process_maxrss_bytes()
   return rec
 
 
 if __name__ == '__main__':
-  bench.worker_main(run)
+  measure.worker_main(run)

@@ -1,0 +1,1 @@
+"""The parts of ``experiments.benchmark``: measurement, peaks, workers, report."""
