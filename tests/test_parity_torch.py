@@ -7,8 +7,9 @@ tag the worker builds the reference with random weights and randomised BN
 statistics and affine parameters, saves it in the published format, converts it
 with the CLI, loads it with ``create_model(TAG, pretrained=...)`` and compares
 logits, pooled features and aux logits on the same batch (FaceNet: logits,
-embeddings and the distances between them); the logits also on each explicit
-kernel choice, ``kernels='xla'`` and ``'cpu'``, against the same reference run. The
+embeddings and the distances between them); the logits also on the other
+kernel choice (``kernels='xla'``; the default resolves to 'cpu' on a CPU machine)
+against the same reference run. The
 measured differences are written to ``parity.json`` in the test's temporary
 directory (and printed).
 """
