@@ -25,7 +25,7 @@ from PIL import Image
 from inception_jax import fid, kernels as kernels_lib, metrics, weights
 from experiments import fid as fid_cli
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_IMAGES = 16  # per folder

@@ -133,6 +133,7 @@ def test_flag_errors_come_before_tensorflow(tmp_path):
   assert not (tmp_path / 'w').exists()  # no run directory for a refused run
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_writes_every_output(tmp_path):
   w = tmp_path / 'run'
   r = run_cli(w, steps=4, eval_every=2, horizontal_flip=True, rotation_range=10,
@@ -166,6 +167,7 @@ def test_cli_end_to_end_writes_every_output(tmp_path):
   assert meta['preprocessing']['image_size'] == 24
 
 
+@pytest.mark.slow
 def test_tensorboard_events_hold_the_scalars(tmp_path):
   import tensorflow as tf
   run_inprocess(tmp_path, steps=2, eval_every=2)
@@ -178,6 +180,7 @@ def test_tensorboard_events_hold_the_scalars(tmp_path):
   assert {'train/loss', 'train/accuracy', 'eval/val_top1'} <= tags
 
 
+@pytest.mark.slow
 def test_folder_with_bad_files_trains(tmp_path):
   from test_data import _bad_files, _rgb  # pylint: disable=g-import-not-at-top
   from PIL import Image
@@ -195,6 +198,7 @@ def test_folder_with_bad_files_trains(tmp_path):
   assert np.isfinite(out['val']['val_loss'])
 
 
+@pytest.mark.slow
 def test_kill_and_resume_reproduces_the_uninterrupted_losses(tmp_path):
   kw = dict(steps=24, checkpoint_every=3, eval_every=6, rotation_range=15,
             horizontal_flip=True, dropout_rate=0.3)
@@ -242,6 +246,7 @@ def test_kill_and_resume_reproduces_the_uninterrupted_losses(tmp_path):
                              [e['val_loss'] for e in ref_evals], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   with pytest.raises(finetune.RunError, match='loss is (nan|inf).*last good checkpoint'):
     run_inprocess(tmp_path, steps=20, checkpoint_every=1, optimizer='sgd',
@@ -254,6 +259,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   assert not (tmp_path / 'summary.md').exists()
 
 
+@pytest.mark.slow
 def test_tfds_dataset_trains(tmp_path):
   import tensorflow_datasets as tfds
   with tfds.testing.mock_data(num_examples=32):

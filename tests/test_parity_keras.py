@@ -29,6 +29,8 @@ from inception_jax import kernels as kernels_lib
 from inception_jax import weights as weights_lib
 from third_party_weights import keras_h5
 
+pytestmark = pytest.mark.slow  # reference libraries or trained runs: minutes on CPU
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name('keras_parity_worker.py')
 # v3 at its native 299; IR-v2 at a smaller (odd-sized, >= 75) input to save time

@@ -35,6 +35,8 @@ import inception_jax
 from inception_jax import weights
 from third_party_weights import convert
 
+pytestmark = pytest.mark.slow  # reference libraries or trained runs: minutes on CPU
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, 'tests', 'slim_parity_worker.py')
 ARCHS = ('inception_v1_bn', 'inception_v2', 'inception_v3', 'inception_v4',

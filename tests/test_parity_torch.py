@@ -29,7 +29,7 @@ import pytest
 
 from inception_jax import weights
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCH_TAGS = [

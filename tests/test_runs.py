@@ -23,6 +23,8 @@ from inception_jax import inference
 from inception_jax import weights
 from test_finetune import TINY  # registers tiny_test_net
 
+pytestmark = pytest.mark.slow  # reference libraries or trained runs: minutes on CPU
+
 CLASSES = ['blue', 'green', 'red']
 
 

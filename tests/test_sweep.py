@@ -90,6 +90,7 @@ def _no_process(monkeypatch):
   monkeypatch.setattr(subprocess, 'Popen', boom)
 
 
+@pytest.mark.slow
 def test_sweep_runs_each_cell_and_records_the_failures(swept, fixed):
   root, result = swept
   assert [c.name for c in result.cells] == CELLS
@@ -121,6 +122,7 @@ def test_sweep_runs_each_cell_and_records_the_failures(swept, fixed):
   assert json.loads((root / 'sweep.json').read_text())['cells'] == CELLS
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_cells(swept, fixed, monkeypatch):
   root, _ = swept
   _no_process(monkeypatch)
@@ -214,6 +216,7 @@ def _killed_mid_cell(root, fixed):
   return len(steps.read_text().splitlines())
 
 
+@pytest.mark.slow
 def test_shards_gather_into_the_same_table_and_a_killed_cell_resumes(swept, fixed,
                                                                       tmp_path):
   root_a, _ = swept
