@@ -19,22 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 
+from experiments.bench.measure import median_step
+
 
 def _median_rate(fn, batch: int, warmup: int, repeats: int) -> dict:
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  med = statistics.median(times)
-  return {'images_per_s': batch / med, 'median_s': med, 'min_s': min(times)}
+  t = median_step(fn, warmup, repeats)
+  return {'images_per_s': batch / t['median_s'], 'median_s': t['median_s'], 'min_s': t['min_s']}
 
 
 def _images(batch: int, size: int):
