@@ -114,7 +114,7 @@ def execute(paths: list[str]) -> dict[str, Any]:
   else:
     good = []
   for path, reason in skipped:
-    print(f'skipped {path}: {reason}', file=sys.stderr)
+    print(f"skipped {path}: {reason.removeprefix('skipped: ')}", file=sys.stderr)
   if not good:
     raise ev.UserError(f'no image could be read from {paths} ({len(skipped)} skipped): '
                        'give image files (JPEG, PNG, ...), folders holding them, or globs')
