@@ -128,6 +128,15 @@ def test_outputs_match_keras(keras_dir, arch, include_top, layout):
   np.testing.assert_array_equal(got.argmax(-1), want.argmax(-1))
 
 
+def _check_logits(model, ref, label):
+  """Our logits on Keras' batch: within TOL of Keras' and the same top-1."""
+  got = np.asarray(_forward(model, jnp.asarray(ref['x'])))
+  diff = float(np.abs(got - ref['logits']).max())
+  print(f'\n[keras parity] {label}: max |diff| {diff:.3g}')
+  assert diff <= TOL
+  np.testing.assert_array_equal(got.argmax(-1), ref['logits'].argmax(-1))
+
+
 @pytest.mark.parametrize('arch', ARCHS)
 @pytest.mark.parametrize('kernels', [OTHER_KERNELS])
 def test_logits_match_keras_on_the_other_kernel_choice(keras_dir, arch, kernels):
@@ -135,12 +144,7 @@ def test_logits_match_keras_on_the_other_kernel_choice(keras_dir, arch, kernels)
   arrays = keras_h5.convert(str(keras_dir / arch / 'k2_top.h5'), f'{arch}.keras')
   model = _model(arch, True, kernels)
   weights_lib.assign(model, arrays, source='k2_top.h5')
-  ref = _ref(keras_dir, arch)
-  got = np.asarray(_forward(model, jnp.asarray(ref['x'])))
-  diff = float(np.abs(got - ref['logits']).max())
-  print(f'\n[keras parity] {arch} kernels={kernels}: max |diff| {diff:.3g}')
-  assert diff <= TOL
-  np.testing.assert_array_equal(got.argmax(-1), ref['logits'].argmax(-1))
+  _check_logits(model, _ref(keras_dir, arch), f'{arch} kernels={kernels}')
 
 
 @pytest.mark.parametrize('arch', ARCHS)
@@ -227,9 +231,4 @@ def test_cli_and_create_model_end_to_end(keras_dir, arch, tmp_path):
       timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   model = inception_jax.create_model(f'{arch}.keras', pretrained=str(out))
-  ref = _ref(keras_dir, arch)
-  got = np.asarray(_forward(model, jnp.asarray(ref['x'])))
-  diff = float(np.abs(got - ref['logits']).max())
-  print(f'\n[keras parity] {arch} CLI + create_model: max |diff| {diff:.3g}')
-  assert diff <= TOL
-  np.testing.assert_array_equal(got.argmax(-1), ref['logits'].argmax(-1))
+  _check_logits(model, _ref(keras_dir, arch), f'{arch} CLI + create_model')
