@@ -9,6 +9,7 @@ and the one installed package.
 """
 
 import configparser
+import json
 import os
 import pathlib
 import subprocess
@@ -52,7 +53,6 @@ def test_library_runs_without_the_extras():
                      env=env, capture_output=True, text=True, timeout=600, check=False)
   assert r.returncode == 0, r.stderr[-3000:]
   line = [l for l in r.stdout.splitlines() if l.startswith('RESULT ')][-1]
-  import json  # pylint: disable=g-import-not-at-top
   out = json.loads(line[len('RESULT '):])
   assert out['logits_shape'] == [1, 5]
   assert out['config_arch'] == 'inception_v3'
