@@ -4,11 +4,12 @@
 options of a pretrained tag (``pretrained``) or of a run's inference file
 (``inference``), and fills it from the file. Every build takes the same steps:
 
-1. the network is traced abstractly (``nnx.eval_shape``: shapes, no values);
+1. the network is constructed abstractly (``abstract_model``: shapes, no values);
 2. the arrays of a file, if any, are checked strictly against it and assigned
    (``weights.assign``);
 3. whatever is left is initialised at once: every random kernel is a slice of one
-   truncated-normal draw (one compiled program), scaled as its ``initializer``
+   truncated-normal draw (``unit_truncated_normal``, one compiled program),
+   scaled as its ``initializer``
    says (``layers.VarianceScaling``), and constants are written by NumPy.
    Running each initialiser instead costs one XLA compile per parameter shape
    (tens of seconds for Inception-v3 on a CPU).
@@ -20,11 +21,13 @@ and ``model``; none of them imports ``factory``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from typing import Any, Sequence
 
 import jax
+import jax.extend.random
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -108,11 +111,10 @@ def build(arch: str | specs.ArchSpec, options: dict[str, Any], rngs: nnx.Rngs,
 class _NoKeys:
   """The ``params`` stream of an abstract build: it hands out ``None``.
 
-  The ``layers`` initialisers then return zeros of the shape instead of tracing a
-  random draw per parameter shape (most of the trace time), and no stream
-  counter is updated per parameter (each traced update makes nnx compare tracer
-  shardings, which walks the whole trace: quadratic). Not an ``nnx.RngStream``,
-  so ``nnx.split_rngs`` leaves it alone; dropout still forks the default stream.
+  The ``layers`` initialisers then return a ``jax.ShapeDtypeStruct`` of the
+  shape instead of drawing, and no stream counter is updated per parameter.
+  Dropout still forks the default stream (``abstract_model`` makes its key
+  abstract again).
   """
 
   def __call__(self):
@@ -120,12 +122,19 @@ class _NoKeys:
 
 
 def abstract_model(spec: specs.ArchSpec, options: dict[str, Any]) -> model_lib.Inception:
-  """The network traced abstractly (``nnx.eval_shape``): its variables hold shapes."""
-  def make():
-    rngs = nnx.Rngs(0)  # no values are drawn: any seed
-    rngs.params = _NoKeys()
-    return model_lib.Inception(spec, rngs=rngs, **options)
-  return nnx.eval_shape(make)
+  """The network with shapes only: every variable holds a ``jax.ShapeDtypeStruct``.
+
+  Constructed in plain Python (the initialisers return shapes for a ``None``
+  key; no trace, no arrays): ``nnx.eval_shape`` gives the same model but traced
+  the construction, which took as long as drawing the values.
+  """
+  rngs = nnx.Rngs(0)  # the dropout streams' keys are replaced by initialise()
+  rngs.params = _NoKeys()
+  model = model_lib.Inception(spec, rngs=rngs, **options)
+  for _, var in nnx.to_flat_state(nnx.state(model, nnx.RngState)):
+    value = var.get_value()
+    var.set_value(jax.ShapeDtypeStruct(value.shape, value.dtype))
+  return model
 
 
 def initialise(model: model_lib.Inception, rngs: nnx.Rngs) -> None:
@@ -164,12 +173,10 @@ def initialise(model: model_lib.Inception, rngs: nnx.Rngs) -> None:
   random.sort(key=lambda r: r[:2])
   sizes = [math.prod(var.shape) for _, _, var, _ in random]
   if random:
-    unit = jax.random.truncated_normal(rngs.params(), -2.0, 2.0, (sum(sizes),),
-                                       jnp.float32)
+    unit = unit_truncated_normal(rngs.params(), sum(sizes))
     # Under a trace (``nnx.eval_shape(lambda: create_model(...))``) the slices are
     # traced too; otherwise NumPy cuts them without compiling a program per shape.
     xp = jnp if isinstance(unit, jax.core.Tracer) else np
-    unit = xp.asarray(unit)
     offset = 0
     for (_, key, var, init), n in zip(random, sizes):
       part = unit[offset:offset + n].reshape(var.shape) * xp.float32(init.std(var.shape))
@@ -183,6 +190,53 @@ def initialise(model: model_lib.Inception, rngs: nnx.Rngs) -> None:
   by_key = dict(todo)
   for k, value in zip(keys, on_device):
     by_key[k].set_value(value)
+
+
+_SQRT2 = math.sqrt(2.0)
+_ERF_LO, _ERF_HI = math.erf(-2.0 / _SQRT2), math.erf(2.0 / _SQRT2)
+# Numbers per compiled draw: one program serves every size (a program per size
+# compiled for 0.4 s on every build of a new architecture or head).
+_CHUNK = 1 << 21
+
+
+@jax.jit
+def _draw_chunk(key: jax.Array, start: jax.Array) -> jax.Array:
+  """Numbers ``start .. start + _CHUNK - 1`` (``start`` even) of ``unit_truncated_normal``."""
+  k1, k2 = jax.random.key_data(key)
+  m = _CHUNK // 2
+  counters = jnp.concatenate([jnp.zeros(m, jnp.uint32),
+                              start // 2 + jnp.arange(m, dtype=jnp.uint32)])
+  words = jax.extend.random.threefry_2x32((k1, k2), counters)  # [word 0 of each, word 1]
+  bits = jnp.stack([words[:m], words[m:]], axis=-1).reshape(-1)
+  # 23 random mantissa bits under the exponent of 1.0: uniform on [1, 2), minus 1.
+  u = jax.lax.bitcast_convert_type((bits >> 9) | np.uint32(0x3F800000), jnp.float32) - 1.0
+  x = _SQRT2 * jax.lax.erf_inv(_ERF_LO + u * (_ERF_HI - _ERF_LO))
+  return jnp.clip(x, np.nextafter(np.float32(-2), np.float32(0)),
+                  np.nextafter(np.float32(2), np.float32(0)))
+
+
+def unit_truncated_normal(key: jax.Array, n: int) -> jax.Array | np.ndarray:
+  """``n`` float32 unit normals truncated to [-2, 2], from one key.
+
+  The math of ``jax.random.truncated_normal`` (inverse CDF of 23-bit uniforms),
+  with half its hashing: JAX's default threefry hashes one counter per number into
+  two 32-bit words and keeps their XOR; here numbers ``2j`` and ``2j + 1`` are the
+  two words of counter ``j``. Drawing is most of a build's time (42.7 M numbers
+  for Inception-v4). Number ``i`` depends only on ``key`` and ``i``, not on
+  ``n``, so a network's backbone does not change with its head. Keys of another
+  PRNG implementation use ``jax.random.truncated_normal``.
+
+  Returns a NumPy array (eagerly: the chunks of one compiled program, joined on
+  the host), or a traced one under a trace.
+  """
+  if jax.random.key_impl(key) != 'threefry2x32':
+    return jax.random.truncated_normal(key, -2.0, 2.0, (n,), jnp.float32)
+  if n >= 2 ** 32:
+    raise ValueError(f'{n} numbers exceed the 2**32 counters of one key')
+  chunks = [_draw_chunk(key, np.uint32(start)) for start in range(0, n, _CHUNK)]
+  if isinstance(key, jax.core.Tracer):
+    return jnp.concatenate(chunks)[:n]
+  return np.concatenate([np.asarray(c) for c in chunks])[:n]
 
 
 # ------------------------------------------------------------------ classifiers

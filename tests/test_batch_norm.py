@@ -17,7 +17,7 @@ from inception_jax import layers
 
 def _pair(use_scale, momentum=0.9, eps=1e-3, features=6, seed=0):
   ours = layers.BatchNorm(features, momentum=momentum, epsilon=eps, use_scale=use_scale,
-                          dtype=jnp.float32, param_dtype=jnp.float32)
+                          dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
   ref = nnx.BatchNorm(features, momentum=momentum, epsilon=eps, use_scale=use_scale,
                       use_bias=True, rngs=nnx.Rngs(0))
   k1, k2, k3, k4 = jax.random.split(jax.random.key(seed), 4)

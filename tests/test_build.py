@@ -123,11 +123,40 @@ def test_building_compiles_one_program_not_one_per_parameter_shape():
   # inception_v2 has 60 distinct parameter shapes: running each initialiser
   # compiles 84 programs (measured with this listener on the eager module).
   nnx.Rngs(0).params()  # the RNG stream's own programs, compiled once per process
+  factory._draw_chunk.clear_cache()  # pylint: disable=protected-access  (order-independent)
   model, names = _compiles(lambda: ij.create_model('inception_v2', num_classes=17,
                                                    rngs=nnx.Rngs(1)))
   shapes = {tuple(v.shape) for v in weights.flat_state(model).values()}
   assert len(shapes) > 40
-  assert names == ['jit(_truncated_normal)']  # one draw for every random kernel
+  assert names == ['jit(_draw_chunk)']  # one draw program for every random kernel
+  # The abstract network itself is plain Python: no trace, no program.
+  _, names = _compiles(lambda: factory.abstract_model(ij.get_arch('inception_v3'), {}))
+  assert names == []
+
+
+def test_unit_truncated_normal_is_the_truncated_normal():
+  """Against the CDF of N(0, 1) truncated to [-2, 2], written with math.erf."""
+  n = 2_000_001
+  x = np.asarray(factory.unit_truncated_normal(jax.random.key(7), n), np.float64)
+  assert x.shape == (n,) and np.abs(x).max() < 2.0
+  phi = lambda t: 0.5 * (1 + math.erf(t / math.sqrt(2)))
+  z = phi(2) - phi(-2)
+  for t in (-1.9, -1.5, -1.0, -0.5, -0.1, 0.0, 0.3, 0.8, 1.2, 1.7, 1.95):
+    p = (phi(t) - phi(-2)) / z
+    sigma = math.sqrt(p * (1 - p) / n)
+    assert abs((x < t).mean() - p) < 5 * sigma, t
+  density2 = math.exp(-2) / math.sqrt(2 * math.pi)  # N(0, 1) density at 2
+  var = 1 - 2 * 2 * density2 / z
+  assert abs(x.var() - var) < 5 * 0.0008, (x.var(), var)  # sd of the variance ~0.0005
+  # Number i depends on the key and i only (the backbone ignores the head), odd n too.
+  short = np.asarray(factory.unit_truncated_normal(jax.random.key(7), 1001))
+  np.testing.assert_array_equal(short, x[:1001].astype(np.float32))
+  other = np.asarray(factory.unit_truncated_normal(jax.random.key(8), 1001))
+  assert np.abs(np.corrcoef(short, other)[0, 1]) < 0.15
+  # Another PRNG implementation draws through jax.random.
+  rbg = jax.random.key(7, impl='rbg')
+  np.testing.assert_array_equal(factory.unit_truncated_normal(rbg, 5),
+                                jax.random.truncated_normal(rbg, -2.0, 2.0, (5,)))
 
 
 def test_initial_values_follow_the_initialisers():

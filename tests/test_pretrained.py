@@ -325,8 +325,8 @@ def test_loading_initialises_only_what_the_file_lacks(v3_files):
     m = ij.create_model('inception_v3.tf_in1k', pretrained=v3_files['full'])
     assert names == []
     m11 = ij.create_model('inception_v3.tf_in1k', pretrained=v3_files['full'],
-                          num_classes=11)  # a draw of a size not compiled before
-    assert names == ['jit(_truncated_normal)']
+                          num_classes=11)  # a new classifier: the draw
+    assert set(names) <= {'jit(_draw_chunk)'}  # compiled at most once per process
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
   assert m.Logits.kernel.shape == (2048, 1000) and m11.Logits.kernel.shape == (2048, 11)
