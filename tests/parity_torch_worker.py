@@ -4,8 +4,8 @@ It never imports tensorflow (importing tensorflow and then torch._dynamo/triton
 crashes the process). For each weight tag it builds the reference network
 (torchvision or timm) with random weights and randomised BatchNorm statistics and
 affine parameters, saves it in the published file format (``.pth`` state dict;
-``.safetensors`` too for timm, the Hugging Face format), converts the file with the
-CLI in a subprocess, loads it with ``create_model(TAG, pretrained=OUT)`` and
+``.safetensors`` too for timm, the Hugging Face format), converts the file (with
+the CLI in a subprocess for the first tag of each source), loads it with ``create_model(TAG, pretrained=OUT)`` and
 compares logits, pooled features and auxiliary logits on one batch; the logits
 also on the other kernel choice (``kernels='xla'``: the default resolves to 'cpu'
 here) against the same reference outputs. FaceNet tags (facenet-pytorch ``InceptionResnetV1``) compare
@@ -94,8 +94,21 @@ def randomise(model: torch.nn.Module, x: torch.Tensor, seed: int) -> None:
   model.eval()
 
 
-def start_convert(source: str, tag: str, src: str, out: str) -> subprocess.Popen:
-  """Starts the CLI conversion (it overlaps with the reference forward pass)."""
+_CLI_SOURCES = set()  # sources converted once through the CLI in this process
+
+
+def start_convert(source: str, tag: str, src: str, out: str) -> subprocess.Popen | None:
+  """Converts ``src``: the first file of each source through the CLI, in a subprocess
+  (it overlaps with the reference forward pass); the others with the same
+  ``convert.convert`` in this process (a subprocess costs a Python start and the
+  torch and JAX imports; the CLI's own failure modes are tested in
+  test_parity_torch.py). Returns the subprocess, or None when done here.
+  """
+  if source in _CLI_SOURCES:
+    from third_party_weights import convert  # pylint: disable=g-import-not-at-top
+    convert.convert(source, tag, src, out)
+    return None
+  _CLI_SOURCES.add(source)
   env = {**os.environ, 'PYTHONPATH': ROOT + os.pathsep + os.environ.get('PYTHONPATH', '')}
   return subprocess.Popen([sys.executable, '-m', 'third_party_weights.convert', '--source',
                            source, '--arch', tag, '--input', src, '--output', out],
@@ -103,7 +116,9 @@ def start_convert(source: str, tag: str, src: str, out: str) -> subprocess.Popen
                           stderr=subprocess.PIPE, text=True)
 
 
-def finish_convert(proc: subprocess.Popen) -> None:
+def finish_convert(proc: subprocess.Popen | None) -> None:
+  if proc is None:
+    return
   _, err = proc.communicate(timeout=600)
   if proc.returncode != 0:
     raise RuntimeError(f'convert failed ({proc.returncode}): {err[-2000:]}')
