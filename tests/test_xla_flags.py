@@ -12,6 +12,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 from inception_jax import xla_flags
 
 FLAG = 'xla_cpu_experimental_ynn_fusion_type'
@@ -100,3 +102,66 @@ def test_too_late_changes_nothing_and_says_how_once():
   assert out['ynn_fusion']
   assert len(logs) == 1 and logs[0].startswith('LOG inception_jax WARNING'), logs
   assert 'inception_jax.configure_xla()' in logs[0] and 'before the first JAX' in logs[0]
+
+
+# Eval logits and eval-mode parameter gradients of Inception-v3 at its smallest
+# input, written to argv[1] (.npz): the programs most of the suite compiles.
+# Eval mode, because train-mode BatchNorm over 2 images of a 1x1 or 3x3 map is
+# ill-conditioned: there even the device-count flag alone moves some gradients by
+# tens of percent, so such a comparison could not tell a real change from noise.
+_NUMBERS = r'''
+import sys
+import jax, jax.numpy as jnp, numpy as np
+from flax import nnx
+import inception_jax as ij
+model = ij.create_model('inception_v3', num_classes=5, rngs=nnx.Rngs(3))
+m = model.min_input_size
+x = jax.random.normal(jax.random.key(1), (2, m, m, 3))
+logits = nnx.jit(lambda mod, x: mod(x))(model, x)
+grads = nnx.jit(nnx.grad(lambda mod: jnp.sum(mod(x) ** 2)))(model)
+leaves = jax.tree.leaves(nnx.state(grads, nnx.Param))
+np.savez(sys.argv[1], logits=np.asarray(logits), *[np.asarray(g) for g in leaves])
+'''
+
+
+def test_test_compile_flag_changes_no_number(tmp_path):
+  """The suite compiles with LLVM at -O0 (conftest); a user gets -O2: same numbers.
+
+  Inception-v3's eval logits and parameter gradients, computed in three fresh
+  processes: with this suite's XLA_FLAGS, with the flags a user's
+  ``import inception_jax`` gives (no XLA_FLAGS of their own), and with only the
+  8-device flag (which every data-parallel test has always used). LLVM's
+  optimiser may contract or reorder float operations inside a fusion, so the
+  numbers are not bit-identical; the bar is float32 rounding (1e-5 of the
+  largest value), and the -O0 difference must be no bigger than ten times the
+  difference the device-count flag alone makes.
+  """
+  import conftest  # pylint: disable=g-import-not-at-top
+  assert '--xla_backend_optimization_level=0' in conftest.TEST_XLA_FLAGS.split()
+  base = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', xla_flags.OPT_OUT)}
+  base['PYTHONPATH'] = ROOT + os.pathsep + base.get('PYTHONPATH', '')
+  out = {}
+  runs = (('tests', conftest.TEST_XLA_FLAGS), ('user', None),
+          ('devices', '--xla_force_host_platform_device_count=8'))
+  for name, flags in runs:
+    env = dict(base, **({'XLA_FLAGS': flags} if flags else {}))
+    path = tmp_path / f'{name}.npz'
+    r = subprocess.run([sys.executable, '-c', _NUMBERS, str(path)], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=600, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with np.load(path) as f:
+      out[name] = [f[k] for k in f.files]
+  assert len(out['tests']) == len(out['user']) > 100  # logits and every gradient
+
+  def worst(a_list, b_list):
+    """Largest |a - b| per array, over the largest |b| of that array."""
+    w = 0.0
+    for a, b in zip(a_list, b_list):
+      assert a.shape == b.shape
+      w = max(w, float(np.abs(a - b).max()) / max(float(np.abs(b).max()), 1e-30))
+    return w
+
+  o0, devices = worst(out['tests'], out['user']), worst(out['devices'], out['user'])
+  print(f'max |diff| / max |value| vs user flags: -O0 tests {o0:.3g}, 8 devices {devices:.3g}')
+  assert o0 <= 1e-5, o0
+  assert o0 <= 10 * max(devices, 1e-7), (o0, devices)
