@@ -7,8 +7,8 @@ machine code of XLA's fusions, not the HLO program; convolutions and matmuls run
 same library kernels. Numbers move at float32 rounding (about 2e-6 of the largest
 value on Inception-v3's logits and gradients, as much as the 8-device flag alone
 moves them): ``test_xla_flags.test_test_compile_flag_changes_no_number`` checks
-that against the flags a user gets. The Keras parity workers (which replace
-XLA_FLAGS) and the speed benchmarks run from the command line, as a user does.
+that against the flags a user gets. The Keras parity workers drop XLA_FLAGS, and
+the speed benchmarks, run from the command line as a user runs them, never see it.
 """
 
 import os

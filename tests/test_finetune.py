@@ -556,4 +556,4 @@ def test_fine_tuning_from_a_pretrained_file_starts_from_its_values(tmp_path, col
   # BN statistics are not frozen by --freeze: they moved in training.
   var = 'Mixed_5c/Branch_0/Conv2d_0a_1x1/bn/var'
   assert not np.array_equal(trained[var], arrays[var])
-  assert trained['Logits/kernel'].shape == (1024, 3)  # a new classifier for 3 classes  # a new classifier for 3 classes
+  assert trained['Logits/kernel'].shape == (1024, 3)  # a new classifier for 3 classes

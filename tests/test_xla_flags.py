@@ -120,7 +120,7 @@ x = jax.random.normal(jax.random.key(1), (2, m, m, 3))
 logits = nnx.jit(lambda mod, x: mod(x))(model, x)
 grads = nnx.jit(nnx.grad(lambda mod: jnp.sum(mod(x) ** 2)))(model)
 leaves = jax.tree.leaves(nnx.state(grads, nnx.Param))
-np.savez(sys.argv[1], logits=np.asarray(logits), *[np.asarray(g) for g in leaves])
+np.savez(sys.argv[1], np.asarray(logits), *[np.asarray(g) for g in leaves])
 '''
 
 
