@@ -37,6 +37,7 @@ processes hand to ``shard_batch`` together form the global batch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -50,12 +51,20 @@ from inception_jax.preprocessing import resize_crop_box
 
 from experiments import folders
 
-# TensorFlow is imported after JAX by the experiment (importing it first and torch
-# or timm after it crashes the process); here it is only used for tf.data, so keep
-# it off any accelerator.
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-tf.config.set_visible_devices([], 'GPU')
+@functools.cache
+def _tf():
+  """TensorFlow, imported when the first pipeline is built; only tf.data uses it.
+
+  Not at import time, so that a dataset that cannot be used (too few images for
+  one batch, a missing folder...) is refused before TensorFlow's ~5 s import;
+  after JAX, as the experiments import it (TensorFlow first and then torch or timm
+  crashes the process); and kept off any accelerator.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')
+  return tf
+
 
 log = logging.getLogger(__name__)
 
@@ -374,6 +383,7 @@ def _load_folder(root: str, validation_split: float, cache_dir: str | None, seed
 
 
 def _load_tfds(name: str, validation_split: float, data_dir: str | None) -> Dataset:
+  tf = _tf()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
     builder = tfds.builder(name, data_dir=data_dir)
@@ -441,6 +451,7 @@ def _load_tfds(name: str, validation_split: float, data_dir: str | None) -> Data
 
 def _to_rgb(image: tf.Tensor) -> tf.Tensor:
   """uint8 [h, w, 1|3|4] -> [h, w, 3]."""
+  tf = _tf()
   c = tf.shape(image)[-1]
   image = tf.cond(c == 1, lambda: tf.tile(image[..., :1], [1, 1, 3]),
                   lambda: image[..., :3])
@@ -448,11 +459,13 @@ def _to_rgb(image: tf.Tensor) -> tf.Tensor:
 
 
 def _resize(image: tf.Tensor, h, w, interpolation: str) -> tf.Tensor:
+  tf = _tf()
   return tf.image.resize(image, tf.stack([h, w]), method=interpolation, antialias=True)
 
 
 def _resize_for_crop(image: tf.Tensor, prep: Preprocessing):
   """uint8 image -> (resized float image with 8-bit values, top, left) of the eval crop."""
+  tf = _tf()
   shape = tf.shape(image)
   nh, nw, top, left = resize_crop_box(shape[0], shape[1], prep, minimum=tf.minimum)
   image = _resize(tf.cast(image, tf.float32), nh, nw, prep.interpolation)
@@ -462,6 +475,7 @@ def _resize_for_crop(image: tf.Tensor, prep: Preprocessing):
 
 def _resize_crop(image: tf.Tensor, prep: Preprocessing) -> tf.Tensor:
   """The evaluation resize and central crop (``resize_crop_box``): float [S, S, 3]."""
+  tf = _tf()
   image, top, left = _resize_for_crop(image, prep)
   size = prep.image_size
   return image[top:top + size, left:left + size]
@@ -486,6 +500,7 @@ def eval_views(image: tf.Tensor, prep: Preprocessing, tta: tuple[str, ...] = ()
   the centre of the image resized to ``image_size / min(crop_pct, 0.875)``;
   ``flip``: every view and its left-right mirror.
   """
+  tf = _tf()
   unknown = sorted(set(tta) - set(TTA_MODES))
   if unknown:
     raise DataError(f'unknown test-time augmentation {unknown}; use {TTA_MODES}')
@@ -507,6 +522,7 @@ def eval_views(image: tf.Tensor, prep: Preprocessing, tta: tuple[str, ...] = ()
 
 
 def _normalise(image: tf.Tensor, prep: Preprocessing) -> tf.Tensor:
+  tf = _tf()
   mean = tf.constant(prep.mean, tf.float32) * 255.0
   std = tf.constant(prep.std, tf.float32) * 255.0
   return (image - mean) / std
@@ -519,6 +535,7 @@ def affine_matrix(theta, tx, ty, shear, zx, zy, height, width) -> tf.Tensor:
   (rotation, shift, shear, zoom composed in Keras's order, about the centre ``c``).
   Angles in radians, shifts in pixels.
   """
+  tf = _tf()
   cos, sin = tf.cos(theta), tf.sin(theta)
   one, zero = tf.ones_like(theta), tf.zeros_like(theta)
 
@@ -539,6 +556,7 @@ def affine_matrix(theta, tx, ty, shear, zx, zy, height, width) -> tf.Tensor:
 
 
 def _uniform(seed, lo, hi):
+  tf = _tf()
   return tf.random.stateless_uniform([], seed, minval=lo, maxval=hi, dtype=tf.float32)
 
 
@@ -553,6 +571,7 @@ def augment(image: tf.Tensor, seed: tf.Tensor, aug: Augmentation) -> tf.Tensor:
   Returns:
     The augmented image, same shape.
   """
+  tf = _tf()
   seeds = tf.random.experimental.stateless_split(seed, 8)
   size = tf.shape(image)[0:2]
   h, w = tf.cast(size[0], tf.float32), tf.cast(size[1], tf.float32)
@@ -586,6 +605,7 @@ def augment(image: tf.Tensor, seed: tf.Tensor, aug: Augmentation) -> tf.Tensor:
 def train_transform(image: tf.Tensor, seed: tf.Tensor, prep: Preprocessing,
                     aug: Augmentation) -> tf.Tensor:
   """Decoded uint8 image -> augmented, normalised float32 [S, S, 3]."""
+  tf = _tf()
   image = _to_rgb(image)
   size = prep.image_size
   if aug.random_resized_crop:
@@ -607,6 +627,7 @@ def train_transform(image: tf.Tensor, seed: tf.Tensor, prep: Preprocessing,
 
 def eval_transform(image: tf.Tensor, prep: Preprocessing) -> tf.Tensor:
   """Decoded uint8 image -> resize, crop (``resize_crop_box``), normalise."""
+  tf = _tf()
   size = prep.image_size
   image = _resize_crop(_to_rgb(image), prep)
   return tf.ensure_shape(_normalise(image, prep), [size, size, 3])
@@ -615,6 +636,7 @@ def eval_transform(image: tf.Tensor, prep: Preprocessing) -> tf.Tensor:
 def _decode_file(path: tf.Tensor) -> tf.Tensor:
   """File -> uint8 [h, w, 3]. JPEGs with the accurate integer IDCT, as PIL decodes
   them (TF's default fast IDCT is about one grey level off on average)."""
+  tf = _tf()
   contents = tf.io.read_file(path)
   return tf.cond(
       tf.io.is_jpeg(contents),
@@ -675,6 +697,7 @@ class Pipeline:
 
   def _source(self, indices: np.ndarray) -> tf.data.Dataset:
     """(uint8 image, label) of the given example indices, in order."""
+    tf = _tf()
     s = self.split
     if s.kind == 'array':
       images = tf.constant(s.images)
@@ -689,6 +712,7 @@ class Pipeline:
 
   def _epoch_dataset(self, epoch: int, start_step: int) -> tf.data.Dataset:
     """This process's examples of ``epoch`` from ``start_step``, as (image, label, seed)."""
+    tf = _tf()
     spe, gb = self.steps_per_epoch, self.global_batch_size
     lo, hi = self._rows()
     base_seed = tf.constant([self.seed, epoch], tf.int64)
@@ -713,6 +737,7 @@ class Pipeline:
 
   def train_dataset(self, epoch: int, start_step: int = 0) -> tf.data.Dataset:
     """Batches of one epoch from ``start_step``: (images, labels) tensors."""
+    tf = _tf()
     prep, aug = self.prep, self.aug
     ds = self._epoch_dataset(epoch, start_step)
     ds = ds.map(lambda im, y, s: (train_transform(im, s, prep, aug), y),
@@ -748,6 +773,7 @@ class Pipeline:
     With test-time augmentation ``tta`` (see ``eval_views``) the images are
     ``[b, V, S, S, 3]``.
     """
+    tf = _tf()
     n, gb = self.split.num_examples, self.global_batch_size
     total = self.eval_batches_count * gb
     lo, hi = self._rows()

@@ -122,7 +122,10 @@ def test_flag_errors_come_before_tensorflow(tmp_path):
                    (dict(schedule='plateau', validation_split=0.0),
                     '--schedule=plateau needs validation data'),
                    (dict(class_weight='cat=heavy'), "--class_weight='cat=heavy': use"),
-                   (dict(monitor='val_f1'), 'value should be one of')]:
+                   (dict(monitor='val_f1'), 'value should be one of'),
+                   # digits: 1,438 training images (80% of 1,797)
+                   (dict(batch_size=2048), 'has 1438 training images, fewer than one '
+                    'batch of 2048; lower --batch_size')]:
     t0 = time.time()
     r = subprocess.run([sys.executable, '-c', RUN_MAIN] +
                        _cli_args(**{**TINY, 'workdir': tmp_path / 'w', **kw}),
