@@ -1,20 +1,30 @@
-"""Test set-up, before JAX loads: 8 fake CPU devices, and LLVM at -O0 for compiling.
+"""Test set-up, before JAX loads: 8 fake CPU devices, and quick XLA:CPU compiling.
 
-8 devices: the data-parallel tests. ``--xla_backend_optimization_level=0``: most of
-the suite's time is XLA compiling whole networks, and LLVM's optimisation passes
-are 40% of that (Inception-v4's train step: 16 to 10 CPU seconds). It changes the
-machine code of XLA's fusions, not the HLO program; convolutions and matmuls run the
-same library kernels. Numbers move at float32 rounding (about 2e-6 of the largest
-value on Inception-v3's logits and gradients, as much as the 8-device flag alone
-moves them): ``test_xla_flags.test_test_compile_flag_changes_no_number`` checks
-that against the flags a user gets. The Keras parity workers drop XLA_FLAGS, and
-the speed benchmarks, run from the command line as a user runs them, never see it.
+8 devices: the data-parallel tests. The other two flags make XLA compile whole
+networks (most of the suite's time) in about half the time, and change the
+machine code of XLA's elementwise fusions, not the HLO program; convolutions and
+matmuls run the same library kernels:
+
+* ``--xla_backend_optimization_level=0``: LLVM's optimisation passes were 40% of
+  compiling (Inception-v4's train step: 16 to 10 CPU seconds);
+* ``--xla_cpu_use_fusion_emitters=false``: fusions go through XLA's older
+  elemental emitters instead of the MLIR fusion emitters (on top of -O0, the
+  same train step compiles in 2.6-3.1 s instead of 4.1-4.9 s at its smallest input).
+
+Numbers move at float32 rounding (about 5e-6 of the largest value on
+Inception-v3's logits and gradients; the 8-device flag alone moves them 2e-6):
+``test_xla_flags.test_test_compile_flags_change_no_number`` checks that against
+the flags a user gets. Workers that need one device get these flags less the
+device count (``one_device_xla_flags``); the speed benchmarks, run from the
+command line as a user runs them, never see them.
 """
 
 import os
+import re
 import tempfile
 
-TEST_XLA_FLAGS = '--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0'
+TEST_XLA_FLAGS = ('--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0'
+                  ' --xla_cpu_use_fusion_emitters=false')
 os.environ.setdefault('XLA_FLAGS', TEST_XLA_FLAGS)
 os.environ.setdefault('KERAS_BACKEND', 'jax')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -24,6 +34,12 @@ os.environ.setdefault('INCEPTION_JAX_CACHE', tempfile.mkdtemp(prefix='inception_
 import inception_jax  # noqa: E402,F401  pylint: disable=g-import-not-at-top,unused-import
 
 # The import added its XLA:CPU flags to XLA_FLAGS, as it does for every user.
+
+
+def one_device_xla_flags() -> str:
+  """This process's XLA_FLAGS without the device count: for a worker with one device."""
+  return re.sub(r'--xla_force_host_platform_device_count=\d+', '',
+                os.environ.get('XLA_FLAGS', '')).strip()
 
 
 # The longest modules first (in-suite seconds on the 2-core CPU, 2026-12: models 354,

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import conftest  # the suite's XLA flags
 import inception_jax
 from inception_jax import kernels as kernels_lib
 from inception_jax import weights as weights_lib
@@ -50,7 +51,8 @@ OTHER_KERNELS = 'xla' if kernels_lib.resolve('auto') == 'cpu' else 'cpu'
 def keras_dir(tmp_path_factory):
   """Runs the Keras worker once; yields the folder of its files (removed afterwards)."""
   out = tmp_path_factory.mktemp('keras_parity')
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  # One device, and the suite's compile flags (Keras compiles on XLA:CPU as we do).
+  env = dict(os.environ, XLA_FLAGS=conftest.one_device_xla_flags())
   env.update(KERAS_BACKEND='jax', TF_CPP_MIN_LOG_LEVEL='2',
              PYTHONPATH=os.pathsep.join([str(ROOT), env.get('PYTHONPATH', '')]))
   cmd = [sys.executable, str(WORKER), str(out)] + [f'{a}:{s}' for a, s in SIZES.items()]
