@@ -42,15 +42,15 @@ def one_device_xla_flags() -> str:
                 os.environ.get('XLA_FLAGS', '')).strip()
 
 
-# The longest modules first (in-suite seconds on the 2-core CPU, 2026-12: models 354,
-# parity_torch 240, finetune 197, fid_parity 179, train 154, parity_slim 152,
-# sweep 120, parity_keras 112, layers 89). With ``--dist loadfile`` a module is one
-# unit of work and xdist hands units out in collection order; alphabetically,
+# The longest modules first (in-suite seconds on the 2-core CPU, 2026-12-07: models
+# 171, parity_torch 154, finetune 144, fid_parity 106, sweep 103, parity_slim 96,
+# train 92, parity_keras 85, xla_flags 50). With ``--dist loadfile`` a module is
+# one unit of work and xdist hands units out in collection order; alphabetically,
 # test_train and test_xla_flags came last and ran alone on one worker while the
 # other idled.
 LONGEST_FIRST = ('test_models.py', 'test_parity_torch.py', 'test_finetune.py',
-                 'test_fid_parity.py', 'test_train.py', 'test_parity_slim.py',
-                 'test_sweep.py', 'test_parity_keras.py', 'test_layers.py')
+                 'test_fid_parity.py', 'test_sweep.py', 'test_parity_slim.py',
+                 'test_train.py', 'test_parity_keras.py', 'test_xla_flags.py')
 
 
 def pytest_collection_modifyitems(items):
