@@ -475,7 +475,6 @@ def _resize_for_crop(image: tf.Tensor, prep: Preprocessing):
 
 def _resize_crop(image: tf.Tensor, prep: Preprocessing) -> tf.Tensor:
   """The evaluation resize and central crop (``resize_crop_box``): float [S, S, 3]."""
-  tf = _tf()
   image, top, left = _resize_for_crop(image, prep)
   size = prep.image_size
   return image[top:top + size, left:left + size]
